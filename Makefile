@@ -1,0 +1,50 @@
+# OmniOPD: every command a user or CI needs. `make demo` and `make test` set up .venv on first use.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.omniopd-installed
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+# No model hub here: everything loads from local paths or installed packages.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint format proto toy bench clean
+
+setup: $(STAMP)
+
+# Set-up runs once per change of pyproject.toml: torch first (a CPU build lies on this
+# machine's disk; any other spec downloads CUDA), then the package with every extra.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all,dev]'
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+proto: $(STAMP)
+	$(PY) -m omniopd.proto.generate
+
+toy: $(STAMP)
+	$(VENV)/bin/omniopd-toy build
+
+test: lint toy
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP) toy
+	@echo "make demo: the end-to-end demo (stack + training) is not built yet (issue #7)." >&2; exit 2
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache
