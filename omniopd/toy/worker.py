@@ -1,0 +1,117 @@
+"""One model of the toy world, trained and measured in a process of its own.
+
+``python -m omniopd.toy.worker --name teacher --root DIR --spec JSON --max-length 96 --seed 0``
+loads the tokenizer already saved in ``DIR/<model folder>``, trains a fresh model on
+``DIR/data/train.jsonl`` (stopping early on val accuracy if the spec says so), saves it beside
+the tokenizer, measures it on ``DIR/data/eval.jsonl``, and prints its report as one JSON line.
+:mod:`omniopd.toy.build` runs one per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from omniopd.evaluation import evaluate
+from omniopd.log import add_logging_args, configure_from_args
+from omniopd.toy.recipe import ModelSpec
+from omniopd.toy.task import read_jsonl
+from omniopd.toy.train import train
+from omniopd.toy.world import MODEL_DIRS, ToyWorld, make_model, n_params
+
+log = logging.getLogger("omniopd.toy.build")
+
+EVAL_MAX_NEW_TOKENS = 48
+EVAL_BATCH_SIZE = 250
+
+
+def train_one(name: str, spec: ModelSpec, max_length: int, root: Path, seed: int) -> dict[str, Any]:
+    """Load the tokenizer saved in ``root/<folder>``, train a fresh model on the training split,
+    save it beside the tokenizer, and measure it on the eval split. Returns its report."""
+    hf_logging.disable_progress_bar()
+    world = ToyWorld.at(root)
+    out = root / MODEL_DIRS[name]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = make_model(spec, tokenizer, max_length)
+    log.info("%s: training %d parameters for up to %d steps", name, n_params(model), spec.steps)
+    val_rows = list(read_jsonl(world.val))
+    checks: list[dict[str, float]] = []
+
+    def val_reached_target(steps_done: int) -> bool:
+        acc = evaluate(
+            model,
+            tokenizer,
+            val_rows,
+            max_new_tokens=EVAL_MAX_NEW_TOKENS,
+            batch_size=EVAL_BATCH_SIZE,
+            sampled=False,
+        ).accuracy_greedy
+        checks.append({"step": steps_done, "val_accuracy_greedy": acc})
+        log.info("%s: step %d, val greedy accuracy %.3f", name, steps_done, acc)
+        return spec.stop_at is not None and acc >= spec.stop_at
+
+    rows = list(read_jsonl(world.train))
+    stop = val_reached_target if spec.stop_at is not None else None
+    report = train(model, tokenizer, rows, spec, name=name, should_stop=stop)
+    model.save_pretrained(out)
+    result = evaluate(
+        model,
+        tokenizer,
+        list(read_jsonl(world.eval)),
+        max_new_tokens=EVAL_MAX_NEW_TOKENS,
+        batch_size=EVAL_BATCH_SIZE,
+        seed=seed,
+    )
+    log.info(
+        "%s: greedy %.3f, sampled %.3f after %.0f s of training",
+        name,
+        result.accuracy_greedy,
+        result.accuracy_sampled,
+        report.seconds,
+    )
+    stopped = (
+        f", stopped at the first check where val greedy accuracy reached {spec.stop_at}"
+        if spec.stop_at is not None
+        else ""
+    )
+    return {
+        "how": (
+            f"Llama-style decoder, random init (seed {spec.seed}), then {report.steps} AdamW "
+            f"steps (of a {spec.steps}-step schedule) of {spec.batch_size} rows of "
+            f"data/train.jsonl, loss on answer tokens only{stopped}"
+        ),
+        "val_checks": checks,
+        "tokenizer": spec.tokenizer,
+        "params": n_params(model),
+        "spec": asdict(spec),
+        "train": asdict(report),
+        "eval": result.summary(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m omniopd.toy.worker", description=__doc__)
+    p.add_argument("--name", required=True, choices=list(MODEL_DIRS))
+    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--spec", required=True, help="the ModelSpec as JSON")
+    p.add_argument("--max-length", required=True, type=int)
+    p.add_argument("--seed", required=True, type=int, help="seed of the sampled evaluation")
+    add_logging_args(p)
+    args = p.parse_args(argv)
+    configure_from_args(args)
+    spec = ModelSpec(**json.loads(args.spec))
+    report = train_one(args.name, spec, args.max_length, args.root, args.seed)
+    print(json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

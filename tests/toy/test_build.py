@@ -1,0 +1,166 @@
+"""``ensure_toy_world``: cached by recipe hash, atomic, and a copy for ``--out``.
+
+These use a micro recipe (models of a few thousand parameters, a few steps) in a temporary
+``OMNIOPD_HOME``: the real build and its bands are ``test_bands.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from omniopd.toy.build import cache_dir, copy_world, ensure_toy_world, run_workers
+from omniopd.toy.recipe import ModelSpec, Recipe
+
+MICRO = Recipe(
+    n_train=128,
+    n_val=8,
+    n_eval=8,
+    teacher=ModelSpec(32, 1, 2, 64, "bpe", steps=3, batch_size=8, warmup=1, seed=1),
+    teacher_char=ModelSpec(32, 1, 2, 64, "char", steps=3, batch_size=8, warmup=1, seed=2),
+    # Any val accuracy reaches 0: the student stops at its first check, step 2 of 5.
+    student=ModelSpec(
+        16,
+        1,
+        2,
+        32,
+        "bpe",
+        steps=5,
+        batch_size=8,
+        warmup=1,
+        seed=3,
+        stop_at=0.0,
+        check_every=2,
+        check_from=2,
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("omniopd-home")
+
+
+@pytest.fixture(scope="module")
+def micro_world(home):
+    return ensure_toy_world(MICRO, home=home, workers=2)
+
+
+def test_the_world_is_complete_and_described(micro_world, home):
+    assert micro_world.root == home / "toy" / MICRO.hash()
+    manifest = micro_world.manifest
+    assert manifest["recipe_hash"] == MICRO.hash() and manifest["recipe"] == MICRO.to_dict()
+    assert manifest["rows"] == {"train": 128, "val": 8, "eval": 8}
+    for name in ("teacher", "student", "teacher_char"):
+        model = manifest["models"][name]
+        assert model["params"] > 0 and model["train"]["planned_steps"] == getattr(MICRO, name).steps
+        assert 0.0 <= model["eval"]["accuracy_greedy"] <= 1.0
+    assert manifest["models"]["teacher"]["train"]["steps"] == 3
+    assert manifest["models"]["teacher"]["val_checks"] == []
+    student = manifest["models"]["student"]
+    assert student["train"]["steps"] == 2 and [c["step"] for c in student["val_checks"]] == [2]
+    assert manifest["models"]["teacher_char"]["tokenizer"] == "char"
+    for path in (micro_world.teacher, micro_world.student, micro_world.teacher_char):
+        assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    assert manifest["build_seconds"] > 0
+    assert not list((home / "toy").glob(".building-*"))
+
+
+def test_a_cached_world_is_not_rebuilt(micro_world, home):
+    stamp = (micro_world.root / "manifest.json").stat().st_mtime_ns
+    start = time.perf_counter()
+    again = ensure_toy_world(MICRO, home=home)
+    assert again == micro_world and time.perf_counter() - start < 1.0
+    assert (micro_world.root / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_the_hash_follows_the_recipe():
+    assert Recipe().hash() == Recipe().hash()
+    assert replace(MICRO, data_seed=5).hash() != MICRO.hash()
+    assert replace(MICRO, student=replace(MICRO.student, steps=4)).hash() != MICRO.hash()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("tokenizer", "wordpiece", "tokenizer must be one of ('bpe', 'char'), got 'wordpiece'"),
+        ("batch_size", 0, "batch_size must be >= 1, got 0"),
+        ("steps", -1, "steps must be >= 0, got -1"),
+        ("lr", 0.0, "lr must be > 0, got 0.0"),
+        ("stop_at", 1.5, "stop_at must be in [0, 1], got 1.5"),
+    ],
+)
+def test_model_specs_are_checked(field, value, message):
+    with pytest.raises(ValueError) as err:
+        replace(MICRO.teacher, **{field: value})
+    assert str(err.value) == message
+
+
+def test_a_failed_build_leaves_nothing_behind(home):
+    # 3 heads cannot split a width of 32: the worker's model constructor raises.
+    bad = replace(MICRO, teacher=replace(MICRO.teacher, heads=3))
+    with pytest.raises(ValueError, match=r"(?s)recipe.teacher: .*not a multiple of .* heads \(3\)"):
+        ensure_toy_world(bad, home=home, workers=1)
+    assert not cache_dir(bad, home).exists()
+    assert not list((home / "toy").glob(f".building-{bad.hash()}-*"))
+
+
+def test_a_killed_build_never_looks_complete(tmp_path):
+    recipe = replace(MICRO, data_seed=77)
+    code = (
+        "import sys; from pathlib import Path; from tests.toy.test_build import MICRO;"
+        "from dataclasses import replace; from omniopd.toy.build import ensure_toy_world;"
+        "ensure_toy_world(replace(MICRO, data_seed=77), home=Path(sys.argv[1]), workers=1)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "toy").glob(".building-*/data/eval.jsonl")):
+            assert proc.poll() is None, "the build ended before it could be killed"
+            assert time.monotonic() < deadline, "the build never started"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the builder and its workers, mid-build
+        proc.wait()
+    root = cache_dir(recipe, tmp_path)
+    assert not root.exists()
+    world = ensure_toy_world(recipe, home=tmp_path, workers=1)  # cleans up and builds
+    assert world.root == root and world.manifest["recipe_hash"] == recipe.hash()
+    assert not list((tmp_path / "toy").glob(".building-*"))
+
+
+def test_a_failing_worker_stops_the_others(tmp_path):
+    started = time.monotonic()
+    commands = {
+        "slow": [sys.executable, "-c", "import time; time.sleep(120)"],
+        "ok": [sys.executable, "-c", "print('log line'); print('{\"a\": 1}')"],
+        "bad": [sys.executable, "-c", "import sys; sys.exit(3)"],
+    }
+    assert run_workers({"ok": commands["ok"]}, workers=1, threads=1) == {"ok": {"a": 1}}
+    with pytest.raises(RuntimeError, match=r"building bad failed \(exit status 3\)"):
+        run_workers(commands, workers=3, threads=1)
+    assert time.monotonic() - started < 60  # "slow" was killed, not waited for
+
+
+def test_copy_world(micro_world, tmp_path):
+    out = copy_world(micro_world, tmp_path / "copy")
+    assert out.manifest == micro_world.manifest and out.teacher.joinpath("config.json").is_file()
+    assert copy_world(micro_world, out.root) == out  # same recipe: left as it is
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is not empty"):
+        copy_world(micro_world, busy)
