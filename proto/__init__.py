@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for ``proto/omniopd/v1/*.proto`` (``make proto`` writes them)."""

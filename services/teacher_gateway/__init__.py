@@ -1,0 +1,1 @@
+"""OmniOPD teacher gateway (import name ``omniopd.gateway``)."""

@@ -1,0 +1,107 @@
+"""``omniopd-gateway``: serve the teachers of a ``teachers.yaml`` over gRPC.
+
+    omniopd-gateway --config teachers.yaml --host 127.0.0.1 --port 50051 --metrics-port 9464
+
+Every flag has an environment variable (``OMNIOPD_GATEWAY_CONFIG``, ``..._HOST``, ``..._PORT``,
+``..._METRICS_PORT``, ``..._TOKEN_ENV``, ``..._REDIS_PREFIX``); ``REDIS_URL`` (unprefixed, as
+Redis tools use it) shares the cache and the limits with other replicas. Clients must send
+``authorization: Bearer <token>`` when the variable named by ``--token-env`` (default
+``OMNIOPD_GATEWAY_TOKEN``) is set. SIGTERM or SIGINT stops gracefully: health turns
+``NOT_SERVING``, calls under way get ``--grace`` seconds to finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings
+
+from omniopd.gateway.config import ConfigError, load_config
+from omniopd.gateway.core import DEFAULT_PREFIX, StartupError
+from omniopd.log import add_logging_args, configure_from_args, register_secret
+from omniopd.settings import SettingsError, load_settings, settings_config
+
+log = logging.getLogger("omniopd.gateway")
+
+
+class GatewaySettings(BaseSettings):
+    model_config = settings_config("GATEWAY_")
+
+    config: Path = Path("teachers.yaml")
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    # The environment variable that holds the bearer token clients must send (unset: no auth).
+    token_env: str = Field("OMNIOPD_GATEWAY_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_URL"), pattern=r"^rediss?://"
+    )
+    redis_prefix: str = DEFAULT_PREFIX
+    grace_s: float = Field(5.0, ge=0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="omniopd-gateway", description="Serve teacher models over one gRPC chunk API."
+    )
+    parser.add_argument("--config", type=Path, help="teachers.yaml (default: ./teachers.yaml)")
+    parser.add_argument("--host", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="gRPC port, 0 for any free one (default 50051)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    parser.add_argument("--token-env", help="env var holding the clients' bearer token")
+    parser.add_argument("--grace", type=float, dest="grace_s", help="seconds to drain on stop")
+    add_logging_args(parser)
+    return parser.parse_args(argv)
+
+
+async def serve(settings: GatewaySettings) -> None:
+    from omniopd.gateway.server import create_server
+
+    config = load_config(settings.config)
+    token = os.environ.get(settings.token_env) or None
+    register_secret(token)
+    server, port = await create_server(
+        config,
+        f"{settings.host}:{settings.port}",
+        token=token,
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+    )
+    if settings.metrics_port is not None:
+        metrics_port = server.metrics.serve(settings.host, settings.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.host, metrics_port)
+    await server.start()
+    # One line a supervisor (or a test) can wait for; it names the bound port.
+    log.info(
+        "serving %d teacher(s) on %s:%d (%s, auth %s)",
+        len(config.teachers),
+        settings.host,
+        port,
+        "shared cache and limits in Redis" if settings.redis_url else "in-memory cache and limits",
+        "on" if token else "off",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: draining calls for up to %.1f s", settings.grace_s)
+    await server.stop(settings.grace_s)
+    server.metrics.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    configure_from_args(args)
+    overrides = {k: getattr(args, k) for k in GatewaySettings.model_fields if hasattr(args, k)}
+    settings = load_settings(GatewaySettings, **overrides)
+    try:
+        asyncio.run(serve(settings))
+    except (ConfigError, StartupError) as err:
+        raise SettingsError(str(err)) from None

@@ -1,0 +1,158 @@
+"""``provider: openai_completions``: raw-prompt ``/v1/completions`` of any OpenAI-compatible
+server (vLLM, SGLang, ``transformers serve``), through the official ``openai`` SDK.
+
+The gateway renders the conversation with the teacher's own chat template (the ``tokenizer``
+of the teacher entry, else its ``model``, loaded with ``AutoTokenizer.from_pretrained``), ends
+it with the generation prompt and appends the partial answer as raw text. The server then
+continues exactly that text: a true continuation with no chat-API rules in the way, and all
+``n`` samples share one prefill on servers that honour ``n`` (see
+:mod:`.openai_common` for those that do not).
+
+The prompt is rendered as the in-process teachers (``hf``, ``vllm``) render theirs
+(:mod:`.local`). The tokenizer also gives exact input-token counts for the core's limits before
+the call. A chat template that writes the BOS token itself would get a second one from the
+server's tokenizer, so a leading BOS is removed from the rendered text when the tokenizer adds
+one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from omniopd.gateway.config import TeacherConfig
+from omniopd.gateway.providers.base import (
+    Chunk,
+    ErrorKind,
+    Provider,
+    ProviderError,
+    SampleParams,
+    SampleResult,
+)
+from omniopd.gateway.providers.hosted import finish_reason, post_json, request_body
+from omniopd.gateway.providers.local import render_prompt, require_chat_template
+from omniopd.gateway.providers.openai_common import ChoiceBudget, make_client, output_tokens
+
+RENDER_CACHE_SIZE = 1024
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """The teacher's tokenizer; it must have a chat template to render conversations with."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    require_chat_template(tokenizer, name_or_path)
+    return tokenizer
+
+
+def server_prompt(tokenizer: Any, params: SampleParams) -> str:
+    """The prompt text to send: chat template, generation prompt, partial answer.
+
+    Rendered as the in-process teachers render it (:func:`.local.render_prompt`), less a
+    leading BOS when the server's tokenizer will add one itself.
+    """
+    text = render_prompt(tokenizer, params)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and _adds_bos(tokenizer):
+        text = text[len(bos) :]
+    return text
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    prompt: str
+    tokens: int  # as the server's tokenizer will count them (special tokens included)
+
+
+class OpenAICompletionsProvider(Provider):
+    def __init__(self, config: TeacherConfig) -> None:
+        super().__init__(config)
+        self._client: Any = None
+        self._tokenizer: Any = None
+        self._where = f"openai-completions {config.model}"
+        self.budget = ChoiceBudget(self._where)
+        self._render = functools.lru_cache(maxsize=RENDER_CACHE_SIZE)(self._render_uncached)
+
+    @property
+    def supports_continuation(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        self._client = make_client(self.config)
+        name = self.config.tokenizer or self.config.model
+        self._tokenizer = await asyncio.to_thread(load_tokenizer, name)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def _render_uncached(self, params: SampleParams) -> Rendered:
+        if self._tokenizer is None:
+            raise RuntimeError(f"teacher {self.config.name!r}: start() was not called")
+        prompt = server_prompt(self._tokenizer, params)
+        return Rendered(prompt, len(self._tokenizer(prompt)["input_ids"]))
+
+    def render(self, params: SampleParams) -> Rendered:
+        """The prompt for ``params`` (cached: the core estimates tokens, then samples)."""
+        return self._render(params)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def backend_calls(self, params: SampleParams) -> int:
+        return len(self.budget.plan(params.n))
+
+    def estimate_input_tokens(self, params: SampleParams) -> int:
+        """Exact: the rendered prompt counted by the teacher's tokenizer, once per request."""
+        return self.backend_calls(params) * self.render(params).tokens
+
+    async def sample(self, params: SampleParams, *, timeout: float) -> SampleResult:
+        if self._client is None:
+            raise RuntimeError(f"teacher {self.config.name!r}: start() was not called")
+        rendered = self.render(params)
+        fields: dict[str, Any] = {
+            "model": self.config.model,
+            "prompt": rendered.prompt,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if params.stop:
+            fields["stop"] = list(params.stop)
+        body = request_body(self.config.options, **fields)
+
+        def call(n: int, seed: int | None):
+            one = {**body, "n": n}
+            if seed is not None:
+                one["seed"] = seed
+            return post_json(self._client, "/completions", one, timeout=timeout, where=self._where)
+
+        answer = await self.budget.collect(params.n, params.seed, call)
+        texts = [self._text(c) for c in answer.choices]
+        counts = output_tokens(answer, texts, self.count_tokens)
+        chunks = tuple(
+            Chunk(text, finish_reason(c.get("finish_reason")), count)
+            for text, c, count in zip(texts, answer.choices, counts, strict=True)
+        )
+        return SampleResult(
+            chunks=chunks,
+            input_tokens=answer.prompt_tokens or rendered.tokens * len(answer.sizes),
+            output_tokens=sum(counts),
+            continuation="prefill",
+        )
+
+    def _text(self, choice: Any) -> str:
+        text = choice.get("text") if isinstance(choice, dict) else None
+        if not isinstance(text, str):
+            raise ProviderError(
+                ErrorKind.UNAVAILABLE, f"{self._where}: malformed answer: a choice has no text"
+            )
+        return text

@@ -1,0 +1,120 @@
+"""Helpers for the gateway core's tests: a real gateway on 127.0.0.1:0 and a client for it."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from omniopd.gateway.config import parse_config
+from omniopd.gateway.errors import retry_delay, status_from_call
+from omniopd.gateway.server import GatewayServer, create_server
+from omniopd.proto.v1 import gateway_pb2 as pb
+from omniopd.proto.v1 import gateway_pb2_grpc as pb_grpc
+
+QUESTION = "What is 17 + 25? Show your work."
+
+
+@functools.cache
+def toy_teacher_dir() -> Path:
+    """A tiny randomly initialised teacher with a chat template, built once per test run."""
+    from omniopd.toy import build_tiny
+
+    out = Path(tempfile.mkdtemp(prefix="omniopd-gw-toy-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    return Path(build_tiny(out).teacher)
+
+
+def hf_teacher(name: str = "toy", **fields: Any) -> dict[str, Any]:
+    return {"name": name, "provider": "hf", "model": str(toy_teacher_dir()), **fields}
+
+
+def anthropic_teacher(
+    url: str, key_env: str, name: str = "claude", **fields: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "provider": "anthropic",
+        "model": fields.pop("model", "claude-haiku-4-5"),
+        "base_url": url,
+        "api_key_env": key_env,
+        **fields,
+    }
+
+
+def request(
+    teacher: str, content: str = QUESTION, partial: str = "", n: int = 1, **fields: Any
+) -> pb.SampleRequest:
+    return pb.SampleRequest(
+        teacher=teacher,
+        messages=[pb.Message(role="user", content=content)],
+        partial_answer=partial,
+        n=n,
+        **fields,
+    )
+
+
+@dataclass
+class Running:
+    server: GatewayServer
+    port: int
+    channel: grpc.aio.Channel
+    stub: pb_grpc.TeacherGatewayStub
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.server.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    def backend_calls(self, teacher: str) -> float:
+        return self.metric("omniopd_gateway_backend_calls_total", teacher=teacher)
+
+
+@asynccontextmanager
+async def serving(config: dict[str, Any], **options: Any) -> AsyncIterator[Running]:
+    """A started gateway for ``config`` (a teachers.yaml mapping) and a channel to it."""
+    server, port = await create_server(parse_config(config), "127.0.0.1:0", **options)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Running(server, port, channel, pb_grpc.TeacherGatewayStub(channel))
+    finally:
+        await channel.close()
+        await server.stop(0.5)
+
+
+async def call_error(call: Any) -> grpc.aio.AioRpcError:
+    """The error a call must end with (the test fails if it succeeds)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err
+    raise AssertionError("the call succeeded; an error was expected")
+
+
+def retry_after_of(err: grpc.aio.AioRpcError) -> float | None:
+    status = status_from_call(err)
+    return None if status is None else retry_delay(status)
+
+
+async def gather_replies(stub: pb_grpc.TeacherGatewayStub, requests: list[pb.SampleRequest]):
+    """Send ``requests`` on one stream; the replies in the order they came back."""
+
+    async def source():
+        for r in requests:
+            yield r
+            await asyncio.sleep(0)
+
+    return [reply async for reply in stub.StreamChunks(source())]
