@@ -1,0 +1,1 @@
+"""OmniOPD verifier (import name ``omniopd.verifier``)."""
