@@ -1,0 +1,1 @@
+"""OmniOPD trainer (import name ``omniopd.trainer``)."""

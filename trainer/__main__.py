@@ -1,0 +1,3 @@
+from omniopd.trainer.cli import main
+
+main()

@@ -1,0 +1,310 @@
+"""The baselines OmniOPD is compared with, on the same data, logging and checkpoints.
+
+``opd``  standard white-box on-policy distillation: per-token reverse KL(π_θ ‖ π_T) to a local
+         teacher on the student's own samples (exact over the shared vocabulary, or k3).
+``sft``  cross-entropy on full teacher answers fetched through the gateway, cached on disk.
+``grpo`` self-exploratory RL: G samples per prompt, reward from the answer checker, advantages
+         normalised within each prompt's group (GRPO, DeepSeekMath), the same KL anchor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from omniopd.trainer import distributed as dist_utils
+from omniopd.trainer.context import Run
+from omniopd.trainer.data import Example
+from omniopd.trainer.losses import centred_advantages
+from omniopd.trainer.metrics import response_metrics
+from omniopd.trainer.models import Batch, encode_prompts, left_pad, right_pad
+from omniopd.trainer.retry import Counters
+from omniopd.trainer.rollout import rollout
+from omniopd.trainer.update import (
+    cross_entropy_backward,
+    kl_anchor_backward,
+    optimizer_step,
+    policy_gradient_backward,
+)
+
+log = logging.getLogger("omniopd.trainer")
+
+
+class TokenizerMismatch(SystemExit):
+    """``--method opd`` needs one vocabulary; the message names both models."""
+
+
+def check_same_tokenizer(
+    student: PreTrainedTokenizerBase,
+    teacher: PreTrainedTokenizerBase,
+    student_path: str,
+    teacher_path: str,
+) -> None:
+    """White-box OPD compares distributions token by token: the vocabularies must be equal."""
+    if student.get_vocab() != teacher.get_vocab():
+        raise TokenizerMismatch(
+            f"--method opd needs the student and the teacher to share a tokenizer, but student"
+            f" {student_path!r} ({len(student)} tokens) and opd_teacher {teacher_path!r}"
+            f" ({len(teacher)} tokens) differ; use --method omniopd for a teacher with another"
+            " tokenizer"
+        )
+
+
+def kl_anchor(run: Run, batch: Batch, num_tokens: float) -> dict[str, float]:
+    cfg = run.config
+    if run.ref is None or cfg.beta <= 0:
+        return {}
+    return kl_anchor_backward(
+        run.model,
+        run.ref,
+        batch,
+        beta=cfg.beta,
+        estimator=cfg.kl_estimator,
+        temperature=cfg.temperature,
+        num_tokens=num_tokens,
+        parts=cfg.grad_accum_steps,
+    )
+
+
+def opd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
+    """Rollout, then reverse KL to the white-box teacher on every response token."""
+    cfg = run.config
+    assert run.white_box_teacher is not None
+    t0 = time.perf_counter()
+    r = rollout(
+        run.model,
+        encode_prompts(run.tokenizer, [e.prompt for e in examples]),
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        eos_ids=run.eos_ids,
+        pad_id=run.pad_id,
+        min_new_tokens=cfg.min_new_tokens,
+    )
+    time_rollout = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    batch = r.as_batch()
+    (num_tokens,) = dist_utils.sum_floats([float(batch.mask_BT.sum())], run.device)
+    num_tokens = max(num_tokens, 1.0)
+    metrics = kl_anchor_backward(
+        run.model,
+        run.white_box_teacher,
+        batch,
+        beta=1.0,
+        estimator=cfg.kl_estimator,
+        temperature=cfg.temperature,
+        num_tokens=num_tokens,
+        parts=cfg.grad_accum_steps,
+        target_is_ref=False,
+    )
+    metrics |= kl_anchor(run, batch, num_tokens)
+    grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
+    return {
+        **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),
+        "loss": metrics["opd_loss"] + metrics.get("kl_loss", 0.0),
+        "opd_kl": metrics["opd_kl"],
+        "kl": metrics.get("kl"),
+        "forks": 0,
+        "forks_failed": 0,
+        "forks_unanimous": 0,
+        "teacher_tokens": 0,
+        "time_rollout_s": time_rollout,
+        "time_teacher_s": 0.0,
+        "time_verifier_s": 0.0,
+        "time_update_s": time.perf_counter() - t1,
+        "grad_norm": grad_norm,
+    }
+
+
+class AnswerCache:
+    """Teacher answers for SFT, one JSON line per prompt in ``output_dir``; survives resumes."""
+
+    def __init__(self, path: Path, teacher: str) -> None:
+        self.path, self.teacher = path, teacher
+        self.answers: dict[str, str] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                self.answers[row["key"]] = row["answer"]
+
+    def key(self, prompt: str) -> str:
+        return hashlib.sha256(f"{self.teacher}\0{prompt}".encode()).hexdigest()
+
+    def get(self, prompt: str) -> str | None:
+        return self.answers.get(self.key(prompt))
+
+    def put(self, prompt: str, answer: str) -> None:
+        key = self.key(prompt)
+        self.answers[key] = answer
+        with self.path.open("a") as f:
+            f.write(json.dumps({"key": key, "answer": answer}) + "\n")
+
+
+def sft_step(run: Run, examples: list[Example]) -> dict[str, Any]:
+    """Cross-entropy on the teacher's full answers (fetched once per prompt, then cached)."""
+    cfg, services = run.config, run.services
+    assert services is not None
+    cache: AnswerCache = run.extras["sft_cache"]
+    prompts = [e.prompt for e in examples]
+    missing = sorted({p for p in prompts if cache.get(p) is None})
+    counters = Counters()
+    t0 = time.perf_counter()
+    teacher_tokens = failed = 0
+    if missing:
+        replies = services.io.run(
+            services.sample_answers(
+                missing,
+                max_tokens=min(cfg.max_new_tokens, services.teacher_max_tokens),
+                temperature=cfg.teacher_temperature,
+                counters=counters,
+            )
+        )
+        for prompt, reply in zip(missing, replies, strict=True):
+            if reply.ok and reply.chunks:
+                cache.put(prompt, reply.chunks[0])
+                teacher_tokens += reply.output_tokens
+            else:
+                failed += 1
+                log.warning("teacher answer failed: %s", reply.error)
+    time_teacher = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    kept = [p for p in prompts if cache.get(p) is not None]
+    eos = run.tokenizer.eos_token_id
+    targets = []
+    for p in kept:
+        ids = list(run.tokenizer(cache.get(p), add_special_tokens=False)["input_ids"])
+        targets.append([*ids[: cfg.max_new_tokens - 1], eos] if eos is not None else ids)
+    prefix_ids, prefix_mask = left_pad(encode_prompts(run.tokenizer, kept), run.pad_id)
+    tokens, mask = right_pad(targets, run.pad_id)
+    batch = Batch(
+        prefix_ids.to(run.device),
+        prefix_mask.to(run.device),
+        tokens.to(run.device),
+        mask.to(run.device),
+    )
+    (num_tokens,) = dist_utils.sum_floats([float(mask.sum())], run.device)
+    metrics: dict[str, float] = {}
+    if kept:
+        metrics = cross_entropy_backward(
+            run.model,
+            batch,
+            temperature=1.0,
+            num_tokens=max(num_tokens, 1.0),
+            parts=cfg.grad_accum_steps,
+        )
+    grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
+    return {
+        "loss": metrics.get("sft_loss", 0.0),
+        "sft_loss": metrics.get("sft_loss"),
+        "forks": 0,
+        "forks_failed": 0,
+        "forks_unanimous": 0,
+        "answers_failed": failed,
+        "answers_cached": len(prompts) - len(missing),
+        "teacher_tokens": teacher_tokens,
+        "teacher_retries": counters.teacher_retries,
+        "time_rollout_s": 0.0,
+        "time_teacher_s": time_teacher,
+        "time_verifier_s": 0.0,
+        "time_update_s": time.perf_counter() - t1,
+        "grad_norm": grad_norm,
+    }
+
+
+def answer_checker() -> Callable[[str, str], float]:
+    """The toy task's checker: reward 1 for a correct final answer, else 0."""
+    from omniopd.toy.task import check_answer
+
+    return lambda response, answer: float(check_answer(response, answer))
+
+
+def grpo_step(run: Run, examples: list[Example]) -> dict[str, Any]:
+    """G samples per prompt, checker rewards, group-normalised advantages, KL anchor."""
+    cfg = run.config
+    G = cfg.grpo_samples
+    check = run.extras.setdefault("check_answer", answer_checker())
+    t0 = time.perf_counter()
+    prompts = [e.prompt for e in examples for _ in range(G)]
+    r = rollout(
+        run.model,
+        encode_prompts(run.tokenizer, prompts),
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        eos_ids=run.eos_ids,
+        pad_id=run.pad_id,
+        min_new_tokens=cfg.min_new_tokens,
+    )
+    texts = run.tokenizer.batch_decode(
+        [
+            t[m].tolist()
+            for t, m in zip(r.response_ids_BT.cpu(), r.response_mask_BT.cpu(), strict=True)
+        ],
+        skip_special_tokens=True,
+    )
+    answers = [e.answer or "" for e in examples for _ in range(G)]
+    rewards_BG = torch.tensor(
+        [check(text, answer) for text, answer in zip(texts, answers, strict=True)]
+    ).view(len(examples), G)
+    advantages_BG = centred_advantages(rewards_BG, "group", normalize=True)
+    time_rollout = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    batch = r.as_batch()
+    num_tokens, num_samples = dist_utils.sum_floats(
+        [float(batch.mask_BT.sum()), float(len(batch))], run.device
+    )
+    metrics = kl_anchor(run, batch, max(num_tokens, 1.0))
+    pg, old = policy_gradient_backward(
+        run.model,
+        batch,
+        advantages_BG.flatten(),
+        normalizer=num_samples,
+        temperature=cfg.temperature,
+        parts=cfg.grad_accum_steps,
+        clip=cfg.clip,
+    )
+    metrics |= pg
+    grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
+    for _ in range(1, cfg.ppo_epochs):
+        kl_anchor(run, batch, max(num_tokens, 1.0))
+        later, _ = policy_gradient_backward(
+            run.model,
+            batch,
+            advantages_BG.flatten(),
+            normalizer=num_samples,
+            temperature=cfg.temperature,
+            parts=cfg.grad_accum_steps,
+            old_logprobs=old,
+            clip=cfg.clip,
+        )
+        metrics["clip_fraction"] = later.get("clip_fraction", 0.0)
+        optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
+    return {
+        **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),
+        "loss": metrics.get("kl_loss", 0.0) + metrics["pg_loss"],
+        "pg_loss": metrics["pg_loss"],
+        "kl": metrics.get("kl"),
+        "clip_fraction": metrics.get("clip_fraction"),
+        "reward_mean": float(rewards_BG.mean()),
+        "advantage_std": float(advantages_BG.std(unbiased=False)),
+        "forks": 0,
+        "forks_failed": 0,
+        "forks_unanimous": 0,
+        "teacher_tokens": 0,
+        "time_rollout_s": time_rollout,
+        "time_teacher_s": 0.0,
+        "time_verifier_s": 0.0,
+        "time_update_s": time.perf_counter() - t1,
+        "grad_norm": grad_norm,
+    }

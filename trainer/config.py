@@ -1,0 +1,231 @@
+"""One typed config for ``omniopd-train``: YAML via ``--config``, every field a ``--flag``.
+
+Layers, lowest first: the config saved in ``output_dir`` (only with ``--resume``), the YAML
+file, then flags. Flags are the field names with dashes (``batch_size`` → ``--batch-size``).
+An unknown key, a bad value or a missing service fails at start, naming the field and its flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from omniopd.log import add_logging_args
+
+CONFIG_FILE = "config.yaml"
+
+Method = Literal["omniopd", "opd", "sft", "grpo"]
+
+
+class ConfigError(SystemExit):
+    """A bad config: uncaught, Python prints the message (no traceback) and exits with 1."""
+
+
+class TrainConfig(BaseModel):
+    """Everything a run needs. Field descriptions are the ``--help`` text and docs/trainer.md."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # What to train, and against whom.
+    student: str = Field(description="student model: HF name or local path")
+    ref: str | None = Field(None, description="KL reference model; default: the student at start")
+    method: Method = Field("omniopd", description="omniopd | opd | sft | grpo")
+    gateway: str | None = Field(None, description="teacher gateway host:port (omniopd, sft)")
+    teacher: str | None = Field(None, description="teacher name in the gateway's config")
+    verifier: str | None = Field(None, description="verifier base URL (omniopd)")
+    opd_teacher: str | None = Field(None, description="local white-box teacher path (opd)")
+
+    # Data.
+    dataset: str = Field(description="JSONL path, or a `datasets` hub name")
+    dataset_split: str = Field("train", description="split of a hub dataset")
+    prompt_field: str = Field("prompt", description="row field holding the prompt")
+    answer_field: str = Field("answer", description="row field holding the reference answer")
+    eval_dataset: str | None = Field(
+        None,
+        description="held-out JSONL (or hub set, split test); default: last eval_size rows",
+    )
+    eval_size: int = Field(64, ge=0, description="rows held out for evaluation (no eval_dataset)")
+
+    # Sampling the student.
+    temperature: float = Field(1.0, gt=0, le=4, description="student sampling temperature τ")
+    max_new_tokens: int = Field(256, ge=1, description="response length limit (student tokens)")
+    min_new_tokens: int = Field(0, ge=0, description="no EOS before this many response tokens")
+
+    # OmniOPD's knobs (DESIGN.md steps 2-6).
+    fork_strategy: Literal["peak", "random"] = Field(
+        "peak", description="peak: entropy peaks; random: as many forks at random positions"
+    )
+    fork_quantile: float = Field(0.8, ge=0, le=1, description="q: batch entropy quantile")
+    min_fork_entropy: float = Field(0.5, ge=0, description="h_min: entropy floor at a fork (nats)")
+    max_forks: int = Field(4, ge=1, description="forks per response at most")
+    num_drafts: int = Field(4, ge=2, description="K: drafts per fork (own chunk + K-1 fresh)")
+    chunk_tokens: int = Field(16, ge=1, description="L: draft length in student tokens")
+    teacher_samples: int = Field(8, ge=1, description="M: teacher continuations per fork")
+    teacher_temperature: float = Field(1.0, ge=0, le=2, description="teacher sampling temperature")
+    teacher_chars_per_token: float = Field(
+        4.0, gt=0, description="initial guess for sizing teacher max_tokens (then measured)"
+    )
+    metric: Literal["embedding", "lexical", "hybrid"] = Field(
+        "embedding", description="verifier similarity"
+    )
+    prior: Literal["student", "uniform"] = Field("student", description="Beta prior mean")
+    alpha: float = Field(2.0, gt=0, description="prior strength α")
+    reward: Literal["prob", "logratio"] = Field("prob", description="reward from the posterior")
+    baseline: Literal["group", "batch"] = Field(
+        "group", description="advantage centring: per fork (skips unanimous forks) or per step"
+    )
+    normalize_advantages: bool = Field(False, description="divide advantages by their std")
+    beta: float = Field(0.05, ge=0, description="KL(π_θ ‖ π_ref) coefficient")
+    kl_estimator: Literal["exact", "k3"] = Field("exact", description="exact over V, or k3")
+    ppo_epochs: int = Field(1, ge=1, description="optimiser passes per batch (>1: PPO clip)")
+    clip: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip ε")
+    grpo_samples: int = Field(4, ge=2, description="samples per prompt (grpo)")
+
+    # Optimisation.
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="decay after warm-up, to 0 at the last step"
+    )
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(8, ge=1, description="prompts per step on each process")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="micro-batches a step's update is split into (memory, not batch)"
+    )
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0: off)")
+    steps: int = Field(100, ge=1, description="training steps")
+
+    # Running.
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights")
+    seed: int = Field(0, description="seed for data order, sampling and forks")
+    output_dir: str = Field("runs/omniopd", description="checkpoints, metrics.jsonl, config")
+    save_every: int = Field(50, ge=0, description="checkpoint every N steps (0: end only)")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
+    eval_every: int = Field(50, ge=0, description="evaluate every N steps and at the end (0: off)")
+    eval_batch_size: int = Field(64, ge=1, description="prompts per evaluation batch")
+    resume: bool = Field(False, description="continue from output_dir's latest checkpoint")
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="verifier call timeout; longest wait for the next teacher reply"
+    )
+    max_retries: int = Field(4, ge=0, description="retries of a failed service call")
+    retry_backoff_s: float = Field(0.5, ge=0, description="first retry delay (doubles)")
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> TrainConfig:
+        needs = {
+            "omniopd": ("gateway", "teacher", "verifier"),
+            "sft": ("gateway", "teacher"),
+            "opd": ("opd_teacher",),
+            "grpo": (),
+        }[self.method]
+        missing = [f for f in needs if not getattr(self, f)]
+        if missing:
+            raise ValueError(
+                f"method {self.method!r} needs " + ", ".join(f"{f} ({flag(f)})" for f in missing)
+            )
+        return self
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _is_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return bool in typing.get_args(annotation)
+    return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omniopd-train",
+        description="OmniOPD: on-policy distillation from black-box teachers (and baselines).",
+    )
+    parser.add_argument("--config", type=Path, help="YAML file of config fields")
+    for name, info in TrainConfig.model_fields.items():
+        default = "required" if info.is_required() else f"default: {info.default}"
+        help_text = f"{info.description} ({default})"
+        if _is_bool(info.annotation):
+            parser.add_argument(
+                flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                flag(name), dest=name, metavar="VALUE", default=argparse.SUPPRESS, help=help_text
+            )
+    add_logging_args(parser)
+    return parser
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"--config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of field: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def describe(err: ValidationError) -> str:
+    lines = ["invalid trainer config:"]
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else ""
+        got = "" if "input" not in e or isinstance(e["input"], dict) else f" (got {e['input']!r})"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown field")
+        elif field:
+            lines.append(f"  {field} ({flag(field)}): {e['msg']}{got}")
+        else:
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def validate(values: dict[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as err:
+        raise ConfigError(describe(err)) from None
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """Flags (and the YAML/saved config beneath them) → a validated config, plus the raw args."""
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields}
+    from_yaml = read_yaml(args.config) if args.config else {}
+    values = from_yaml | flags
+    if values.get("resume") in (True, "true", "True", "1"):
+        saved = Path(str(values.get("output_dir", TrainConfig.model_fields["output_dir"].default)))
+        if (saved / CONFIG_FILE).is_file():
+            values = read_yaml(saved / CONFIG_FILE) | values
+    return validate(values), args
+
+
+def to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)
+
+
+def save_config(config: TrainConfig, output_dir: Path) -> Path:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / CONFIG_FILE
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(to_yaml(config))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,147 @@
+"""Step 5 of DESIGN.md: the verifier scores each fork's drafts against its teacher chunks.
+
+Scoring starts as soon as the first teacher replies arrive: ready groups wait in a queue, and
+whenever fewer than ``max_in_flight`` verifier calls are running, one call takes every group
+waiting. So groups of a step travel together in a few calls, and the verifier works while the
+teacher is still writing. A failed call (after retries) fails its forks, which are counted and
+left out of the loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from omniopd.trainer.retry import Counters, RetryPolicy
+from omniopd.trainer.teacher import TeacherReply
+from omniopd.verifier.client import AsyncVerifierClient, VerifierHTTPError
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    metric: str
+    prior: str
+    alpha: float
+    reward: str
+
+
+@dataclass
+class ForkScores:
+    """What steps 4 and 5 learned about the forks of a step, by fork index."""
+
+    rewards: dict[int, list[float]] = field(default_factory=dict)
+    teacher_agreement: dict[int, list[float]] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    teacher_tokens: int = 0
+    teacher_chars: int = 0
+    teacher_cached: int = 0
+    time_teacher_s: float = 0.0
+    time_verifier_s: float = 0.0
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[object]], policy: RetryPolicy, counters: Counters
+) -> object:
+    """Run ``call``, retrying transient HTTP failures with backoff; each retry counted."""
+    for attempt in range(policy.max_retries + 1):
+        try:
+            return await call()
+        except (httpx.TransportError, VerifierHTTPError) as err:
+            transient = not isinstance(err, VerifierHTTPError) or err.status in RETRY_STATUSES
+            if not transient or attempt == policy.max_retries:
+                raise
+            counters.verifier_retries += 1
+            await asyncio.sleep(policy.delay(attempt))
+    raise AssertionError("unreachable")
+
+
+async def score_as_replies_arrive(
+    replies: AsyncIterator[TeacherReply],
+    drafts: dict[int, list[str]],
+    verifier: AsyncVerifierClient,
+    settings: ScoreSettings,
+    *,
+    policy: RetryPolicy,
+    counters: Counters,
+    max_in_flight: int = 2,
+) -> ForkScores:
+    """Consume teacher replies; score ready groups in batches while more replies arrive.
+
+    ``drafts`` maps each fork sent to the teacher to its K draft texts.
+    """
+    out = ForkScores()
+    ready: asyncio.Queue[TeacherReply | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(max_in_flight)
+    start = time.perf_counter()
+
+    async def collect() -> None:
+        try:
+            async for reply in replies:
+                if reply.ok:
+                    out.teacher_tokens += reply.output_tokens
+                    out.teacher_chars += sum(len(c) for c in reply.chunks)
+                    out.teacher_cached += int(reply.cached)
+                    await ready.put(reply)
+                else:
+                    out.failed[reply.fork] = f"teacher: {reply.error}"
+        finally:
+            out.time_teacher_s = time.perf_counter() - start
+            await ready.put(None)
+
+    async def score(batch: list[TeacherReply]) -> None:
+        groups = [{"id": str(r.fork), "drafts": drafts[r.fork], "teacher": r.chunks} for r in batch]
+        t0 = time.perf_counter()
+        try:
+            counters.verifier_calls += 1
+            response = await with_retries(
+                lambda: verifier.score(
+                    groups,
+                    metric=settings.metric,
+                    prior=settings.prior,
+                    alpha=settings.alpha,
+                    reward=settings.reward,
+                ),
+                policy,
+                counters,
+            )
+        except (httpx.HTTPError, VerifierHTTPError) as err:
+            counters.verifier_errors.append(str(err))
+            for r in batch:
+                out.failed[r.fork] = f"verifier: {err}"
+        else:
+            for g in response.groups:
+                out.rewards[int(g.id)] = list(g.reward)
+                out.teacher_agreement[int(g.id)] = list(g.teacher_agreement)
+        finally:
+            out.time_verifier_s += time.perf_counter() - t0
+            slots.release()
+
+    collector = asyncio.create_task(collect())
+    calls: list[asyncio.Task] = []
+    finished = False
+    try:
+        while not finished:
+            first = await ready.get()
+            await slots.acquire()  # while every slot is busy, more groups pile up in the queue
+            batch = [first]
+            while not ready.empty():
+                batch.append(ready.get_nowait())
+            finished = None in batch
+            batch = [r for r in batch if r is not None]
+            if batch:
+                calls.append(asyncio.create_task(score(batch)))
+            else:
+                slots.release()
+        await asyncio.gather(*calls)
+        await collector  # re-raises a bug in the teacher stream rather than hiding it
+    finally:
+        collector.cancel()
+        for task in calls:
+            task.cancel()
+    return out
