@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,13 @@ def stack(toy_world, tmp_path_factory):
 
     config = {
         "teachers": [
-            {"name": "toy", "provider": "hf", "model": str(toy_world.teacher), "max_tokens": 64},
+            {
+                "name": "toy",
+                "provider": "hf",
+                "model": str(toy_world.teacher),
+                "max_tokens": 64,
+                "device": os.environ.get("OMNIOPD_TEST_DEVICE", "cpu"),
+            },
             {
                 "name": "dead",
                 "provider": "openai_completions",
