@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format proto toy bench clean
+.PHONY: setup demo test lint format proto toy bench clean compose-tool
 
 setup: $(STAMP)
 
@@ -37,7 +37,17 @@ proto: $(STAMP)
 toy: $(STAMP)
 	$(VENV)/bin/omniopd-toy build
 
-test: lint toy
+# The compose tests validate docker-compose.yml with a real Compose implementation, and no
+# Docker engine runs here: Debian's docker-compose runs `config` without one. Installed only
+# when neither it nor the Compose plugin is present; if that fails the tests say how.
+compose-tool:
+	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || \
+	  { echo "installing Debian's docker-compose for the compose tests"; \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose) >/dev/null \
+	    || echo "could not install docker-compose; the compose tests will fail" >&2; }
+
+test: lint toy compose-tool
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP) toy
