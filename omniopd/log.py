@@ -100,6 +100,9 @@ def configure_logging(level: str | int = "INFO", fmt: str = "text") -> None:
                 logger.removeHandler(old)
             logger.propagate = True
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    # httpx logs every request at INFO: a trainer's verifier calls (and a launcher's health
+    # probes) would drown the lines that matter. They stay visible at DEBUG.
+    logging.getLogger("httpx").setLevel(logging.WARNING if root.level > logging.DEBUG else 0)
     logging.captureWarnings(True)
 
 

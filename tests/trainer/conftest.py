@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -72,13 +73,15 @@ def toy_world(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stack(toy_world, tmp_path_factory):
-    """Real ``omniopd-gateway`` and ``omniopd-verifier`` processes, started side by side.
+    """Real ``omniopd-gateway`` and ``omniopd-verifier`` processes, started by ``omniopd-stack``.
 
     Gateway teachers: ``toy`` (hf, the toy teacher) and ``dead`` (an OpenAI-compatible
     backend on a port where nothing listens, so every request fails). The verifier runs
-    all-MiniLM-L6-v2 on the CPU. Yields (gateway host:port, verifier URL).
+    all-MiniLM-L6-v2 on the CPU; no Redis. Yields (gateway host:port, verifier URL).
     """
-    from .stack import start_gateway, start_verifier
+    from omniopd.stack import Stack, StackConfig
+
+    from .stack import service_env
 
     config = {
         "teachers": [
@@ -100,17 +103,19 @@ def stack(toy_world, tmp_path_factory):
             },
         ]
     }
-    verifier = start_verifier()  # returns once started; it gets ready while the gateway starts
-    try:
-        gateway_proc, address = start_gateway(config, tmp_path_factory.mktemp("gateway"))
-    except BaseException:
-        verifier.stop()
-        raise
-    try:
-        yield address, verifier.wait_ready()
-    finally:
-        gateway_proc.stop()
-        verifier.stop()
+    folder = tmp_path_factory.mktemp("stack")
+    teachers = folder / "teachers.yaml"
+    teachers.write_text(yaml.safe_dump(config))
+    services = StackConfig(
+        teachers=teachers,
+        redis=False,
+        verifier_device="cpu",
+        env=service_env(),
+        log_dir=folder / "logs",
+        startup_timeout_s=180,
+    )
+    with Stack(services) as running:
+        yield running.gateway, running.verifier
 
 
 @pytest.fixture(scope="session")

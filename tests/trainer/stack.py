@@ -1,4 +1,4 @@
-"""Real gateway and verifier processes on 127.0.0.1:0 for the trainer's end-to-end tests."""
+"""Processes for the trainer's end-to-end tests (the services themselves: ``omniopd.stack``)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import httpx
-import yaml
-
-BIN = Path(sys.executable).parent
-GATEWAY_READY = re.compile(r"serving \d+ teacher\(s\) on [\d.]+:(\d+)")
-VERIFIER_READY = re.compile(r"verifier on http://[\d.]+:(\d+)")
 
 
 def service_env(**extra: str) -> dict[str, str]:
@@ -84,47 +76,6 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def start_gateway(config: dict, folder: Path) -> tuple[Process, str]:
-    """``omniopd-gateway`` with ``config`` (a teachers.yaml mapping); returns (process, host:port)."""
-    path = folder / "teachers.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = Process.start(
-        [str(BIN / "omniopd-gateway"), "--config", str(path), "--host", "127.0.0.1", "--port", "0"]
-    )
-    port = proc.wait_for(GATEWAY_READY, timeout=120).group(1)
-    return proc, f"127.0.0.1:{port}"
-
-
-@dataclass
-class Verifier:
-    proc: Process
-
-    def wait_ready(self, timeout: float = 180) -> str:
-        """The verifier's URL, once it has printed its port and /readyz answers 200."""
-        url = f"http://127.0.0.1:{self.proc.wait_for(VERIFIER_READY, timeout).group(1)}"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).is_success:
-                    return url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the verifier at {url} never became ready:\n{self.proc.output[-4000:]}")
-
-    def stop(self) -> None:
-        self.proc.stop()
-
-
-def start_verifier() -> Verifier:
-    """``omniopd-verifier`` on port 0 (all-MiniLM-L6-v2 on CPU), not yet waited for."""
-    return Verifier(
-        Process.start(
-            [str(BIN / "omniopd-verifier"), "--host", "127.0.0.1", "--port", "0", "--device", "cpu"]
-        )
-    )
 
 
 def train_command(*args: str) -> list[str]:
