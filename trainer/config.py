@@ -103,7 +103,10 @@ class TrainConfig(BaseModel):
 
     # Running.
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="compute: bfloat16 runs forward passes under autocast on float32 master weights",
+    )
     seed: int = Field(0, description="seed for data order, sampling and forks")
     output_dir: str = Field("runs/omniopd", description="checkpoints, metrics.jsonl, config")
     save_every: int = Field(50, ge=0, description="checkpoint every N steps (0: end only)")

@@ -11,6 +11,7 @@ gets the same positions, and hence the same logits, as the unpadded row alone.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -18,7 +19,20 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision: forward passes in ``dtype`` (bf16) on fp32 master weights.
+
+    The trained student keeps float32 weights and optimiser states: a bf16 weight cannot hold
+    an update smaller than about 1/256 of itself, so pure-bf16 AdamW at post-training learning
+    rates (1e-6 on weights of 1e-2) would round most steps away. Matrix products run in bf16
+    under autocast; softmax, log-softmax and the losses stay in float32.
+    """
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,7 +53,10 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 
 
 def load_model(path: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """``from_pretrained(path)`` in eval mode: no dropout, so sampling and scoring agree."""
+    """``from_pretrained(path)`` in eval mode: no dropout, so sampling and scoring agree.
+
+    ``dtype`` is the weights' storage: float32 for the trained student (see ``autocast``),
+    the compute dtype for frozen models (the KL reference, a white-box teacher)."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to(device).eval()
 

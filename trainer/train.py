@@ -42,6 +42,7 @@ from omniopd.trainer.loop import omniopd_step
 from omniopd.trainer.metrics import MetricsWriter
 from omniopd.trainer.models import (
     DTYPES,
+    autocast,
     eos_token_ids,
     freeze,
     load_model,
@@ -169,9 +170,10 @@ class Trainer:
         if cfg.resume and checkpoint is None:
             log.info("--resume: no checkpoint in %s yet, starting from step 0", self.output_dir)
         dtype = DTYPES[cfg.dtype]
+        self.autocast = lambda: autocast(self.device, dtype)
         weights = str(checkpoint / "model") if checkpoint else cfg.student
         tokenizer = load_tokenizer(cfg.student)
-        model = load_model(weights, self.device, dtype)
+        model = load_model(weights, self.device, torch.float32)  # master weights, see autocast
         dist_utils.broadcast_parameters(model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = make_scheduler(
@@ -257,7 +259,8 @@ class Trainer:
         """Held-out evaluation on rank 0 (the others wait), with ``omniopd-eval``'s code."""
         result: dict[str, Any] = {}
         if self.is_main and self.heldout:
-            result = evaluate(self.run, self.heldout)
+            with self.autocast():
+                result = evaluate(self.run, self.heldout)
             log.info("eval at step %d: %s", self.state.step, json.dumps(result))
         dist_utils.barrier()
         return result
@@ -274,7 +277,8 @@ class Trainer:
         try:
             while self.state.step < cfg.steps:
                 t0 = time.perf_counter()
-                local = step_fn(self.run, self.next_examples())
+                with self.autocast():
+                    local = step_fn(self.run, self.next_examples())
                 self.state.step += 1
                 self.state.data_position += 1
                 metrics = merge_ranks(dist_utils.gather_objects(local))

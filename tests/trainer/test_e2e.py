@@ -147,6 +147,28 @@ def test_baselines_three_steps_then_resume(method, toy_world, gateway, tmp_path)
     check_run(out, 4)
 
 
+def test_bfloat16_keeps_float32_master_weights(toy_world, tmp_path):
+    """--dtype bfloat16 computes in bf16 but keeps the student in float32: at a post-training
+    learning rate most of an update is smaller than a bf16 weight's rounding step, so a pure
+    bf16 student would barely move."""
+    out = tmp_path / "bf16"
+    argv = [*common(toy_world, out, steps=1), "--dtype", "bfloat16", "--lr", "1e-5"]
+    main([*argv, "--method", "opd", "--opd-teacher", str(toy_world.teacher), "--beta", "0"])
+    saved = AutoModelForCausalLM.from_pretrained(latest_checkpoint(out) / "model", dtype="auto")
+    before = AutoModelForCausalLM.from_pretrained(toy_world.student).state_dict()
+    after = saved.state_dict()
+    assert all(t.dtype == torch.float32 for t in after.values())
+    changed = lost = total = 0
+    for name, w0 in before.items():
+        delta = after[name] - w0
+        changed += int((delta != 0).sum())
+        # The same update applied to bf16 weights: how much of it rounding would erase.
+        lost += int(((w0.bfloat16() + delta.bfloat16()) == w0.bfloat16())[delta != 0].sum())
+        total += w0.numel()
+    assert changed > total // 2
+    assert lost > changed // 2
+
+
 def test_all_forks_failed_takes_only_the_kl_term(toy_world, gateway, verifier, tmp_path, capfd):
     out = tmp_path / "dead"
     argv = common(toy_world, out, steps=2) + omniopd_args(gateway, verifier, teacher="dead")
