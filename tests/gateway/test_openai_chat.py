@@ -1,4 +1,11 @@
-"""The ``openai`` (Chat Completions) provider through the official ``openai`` SDK.
+"""The ``openai`` (Chat Completions) provider: the ``openai`` SDK's wire format and identity.
+
+The provider posts through its own pooled aiohttp client (``providers/http.py``) with the URL
+and headers the official ``openai`` SDK would use, read from an SDK client. The SDK's wire format
+is checked, not assumed: ``test_requests_carry_what_the_sdk_would_send`` sends the provider's
+requests again through ``AsyncOpenAI.chat.completions.create`` and requires the server to
+receive the same path, JSON body and headers (less the SDK's ``User-Agent`` and
+``X-Stainless-*`` telemetry).
 
 The server these tests talk to is a LOCAL STAND-IN written for this suite
 (``tests/gateway/standins/openai_api.py``), not OpenAI, Gemini or vLLM: it speaks the Chat
@@ -10,13 +17,14 @@ connections on demand.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 
 import pytest
 
 from omniopd.gateway.config import TeacherConfig
-from omniopd.gateway.providers import ErrorKind, Message, ProviderError, SampleParams, openai_common
+from omniopd.gateway.providers import ErrorKind, Message, ProviderError, SampleParams
 from omniopd.gateway.providers.base import create_provider
 from omniopd.gateway.providers.openai_common import ChoiceBudget, hosted_api
 
@@ -237,29 +245,20 @@ async def test_max_tokens_ends_with_length(make):
     ],
     ids=["429", "429-ms", "500", "503", "dropped", "not-json", "404"],
 )
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
-async def test_backend_failures_are_classified_and_not_retried_by_the_sdk(
-    make, standin, monkeypatch, fault, kind, retry_after, transport
+async def test_backend_failures_are_classified_and_not_retried_here(
+    make, standin, fault, kind, retry_after
 ):
     _, state = standin
-    if transport == "httpx":  # the SDK's default transport, used when aiohttp is absent
-        monkeypatch.setattr(openai_common, "sdk_http_client", lambda sdk: None)
     provider = await make()
-    assert ("aiohttp" in type(provider._client._client).__name__.lower()) == (
-        transport == "aiohttp"
-    )
     state.inject(fault)
     with pytest.raises(ProviderError) as info:
         await provider.sample(params("x", n=2), timeout=10)
     assert info.value.kind is kind and info.value.retry_after == retry_after
-    assert len(state.requests) == 1  # max_retries=0: the gateway core owns retries
+    assert len(state.requests) == 1  # one attempt: the gateway core owns retries
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
-async def test_slow_backend_times_out_within_the_attempt(make, standin, monkeypatch, transport):
+async def test_slow_backend_times_out_within_the_attempt(make, standin):
     _, state = standin
-    if transport == "httpx":
-        monkeypatch.setattr(openai_common, "sdk_http_client", lambda sdk: None)
     provider = await make()
     state.inject(Fault(delay=5))
     started = time.monotonic()
@@ -297,6 +296,64 @@ async def test_a_self_hosted_server_never_receives_the_openai_key(standin, monke
         await provider.aclose()
     sent = state.requests[0].headers["authorization"]
     assert canary not in sent and sent == "Bearer EMPTY"
+
+
+# Headers that differ on purpose (the gateway does not claim to be the SDK) or by transport.
+NOT_COMPARED = {"user-agent", "connection"}
+
+
+def same_wire(ours, theirs) -> None:
+    """``ours`` (the provider's request) and ``theirs`` (the SDK's) reached the server alike."""
+    assert (ours.path, ours.body) == (theirs.path, theirs.body)
+    sdk_headers = {
+        k: v
+        for k, v in theirs.headers.items()
+        if k not in NOT_COMPARED and not k.startswith("x-stainless")
+    }
+    assert {k: v for k, v in ours.headers.items() if k not in NOT_COMPARED} == sdk_headers
+    assert ours.headers["user-agent"].startswith("omniopd-gateway")  # not the SDK's name
+    assert not any(h.startswith("x-stainless") for h in ours.headers)
+
+
+async def sdk_send(create, body: dict) -> None:
+    """Send ``body`` with an SDK ``create`` method: its typed fields, the rest as extra_body."""
+    typed = inspect.signature(create).parameters
+    fields = {k: v for k, v in body.items() if k in typed}
+    extra = {k: v for k, v in body.items() if k not in typed}
+    await create(**fields, extra_body=extra or None)
+
+
+@pytest.mark.parametrize(
+    ("model", "partial", "fields", "teacher"),
+    [
+        (SERVER_MODEL, "", {"n": 2, "seed": 5}, {}),
+        (SERVER_MODEL, "First, ", {"n": 3, "stop": ("\n\n",)}, {"options": {"top_k": 20}}),
+        (OPENAI_MODEL, "First, ", {"n": 2, "top_p": 0.9}, {"continuation": "instruction"}),
+    ],
+    ids=["plain", "prefill-with-options", "openai-instruction"],
+)
+async def test_requests_carry_what_the_sdk_would_send(
+    make, standin, monkeypatch, model, partial, fields, teacher
+):
+    """The same request through the official SDK reaches the server byte for byte the same."""
+    import openai
+
+    server, state = standin
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-standin")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-standin")
+    provider = await make(model, **teacher)
+    await provider.sample(params(partial, **fields), timeout=10)
+    (ours,) = state.requests
+    sdk = openai.AsyncOpenAI(api_key=KEY, base_url=f"{server.url}/v1", max_retries=0)
+    try:
+        await sdk_send(sdk.chat.completions.create, ours.body)
+    finally:
+        await sdk.close()
+    _, theirs = state.requests
+    same_wire(ours, theirs)
+    assert ours.headers["authorization"] == f"Bearer {KEY}"
+    assert ours.headers["openai-organization"] == "org-standin"
+    assert ours.headers["openai-project"] == "proj-standin"
 
 
 async def test_hosted_openai_without_its_key_fails_at_start(monkeypatch):

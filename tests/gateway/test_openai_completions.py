@@ -1,5 +1,7 @@
 """The ``openai_completions`` provider (raw prompt rendered with the teacher's chat template,
-``/v1/completions`` with ``n``) through the official ``openai`` SDK, against two servers:
+``/v1/completions`` with ``n``), against two servers. It posts through its own pooled client with
+the official ``openai`` SDK's URL and headers; ``test_requests_carry_what_the_sdk_would_send``
+sends its request again through ``AsyncOpenAI.completions.create`` and compares what arrived.
 
 * ``transformers serve`` hosting the tiny toy teacher: a real OpenAI-compatible server that
   nobody here wrote, run offline in a subprocess. It loads models with ``device_map`` (so it needs
@@ -111,6 +113,25 @@ def sent_usage_prompt_tokens(prompt: str) -> int:
     from .standins.textgen import count_tokens
 
     return count_tokens(prompt)
+
+
+async def test_requests_carry_what_the_sdk_would_send(provider, standin):
+    """The provider's request, sent again through ``AsyncOpenAI.completions.create``, reaches
+    the server with the same path, body and headers (less the SDK's name and telemetry)."""
+    import openai
+
+    from .test_openai_chat import same_wire, sdk_send
+
+    server, state = standin
+    await provider.sample(params("37+96=", n=2, temperature=0.5, seed=4, stop=("\n",)), timeout=10)
+    (ours,) = state.requests
+    sdk = openai.AsyncOpenAI(api_key=KEY, base_url=f"{server.url}/v1", max_retries=0)
+    try:
+        await sdk_send(sdk.completions.create, ours.body)
+    finally:
+        await sdk.close()
+    same_wire(ours, state.requests[1])
+    assert ours.headers["authorization"] == f"Bearer {KEY}"
 
 
 async def test_input_tokens_are_counted_exactly_before_the_call(provider, tokenizer):

@@ -1,9 +1,13 @@
-"""What the HTTP-API providers share: keys, SDK errors -> :class:`ProviderError`, token shares.
+"""What the HTTP-API providers share: keys, HTTP errors -> :class:`ProviderError`, token shares.
 
-The ``anthropic`` and ``openai`` SDKs are built from the same generator and raise the same
-shapes of exception (``APIStatusError`` with ``status_code``/``response``/``body``,
-``APITimeoutError``, ``APIConnectionError``), so one classifier serves both. The SDKs' own
-retries are turned off (``max_retries=0``): the gateway core owns retries, budgets and deadlines.
+Two request paths share one classification (:func:`status_error`: the HTTP status, the
+backend's message, ``retry-after``). The ``anthropic`` provider posts through its SDK
+(:func:`post_json`); the ``anthropic`` and ``openai`` SDKs are built from the same generator and
+raise the same shapes of exception (``APIStatusError`` with ``status_code``/``response``/``body``,
+``APITimeoutError``, ``APIConnectionError``), which :func:`sdk_error` maps. The
+``openai``-protocol providers post through :class:`~.http.JSONClient`, which maps its own
+failures. Either way a call is one attempt (the SDK's own retries are off,
+``max_retries=0``): the gateway core owns retries, budgets and deadlines.
 """
 
 from __future__ import annotations
@@ -130,10 +134,34 @@ def error_text(body: object, fallback: str) -> str:
     return str(text if text else fallback)
 
 
-def _clean(message: str) -> str:
+def clean_message(message: str) -> str:
     """Never a credential, never an unbounded backend body."""
     message = redact(message)
     return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def status_error(
+    status: int,
+    body: object,
+    headers: Mapping[str, str] | None,
+    *,
+    where: str,
+    prefill_markers: Sequence[str] = (),
+    fallback: str = "no message",
+) -> ProviderError:
+    """The :class:`ProviderError` for an HTTP error answer (``body`` decoded, or its text).
+
+    ``prefill_markers``: lower-case phrases that, in a 400/422 body, mean the backend refuses a
+    prefilled assistant turn (``"prefill"``, ``"continue_final_message"``).
+    """
+    text = error_text(body, fallback)
+    refused = status in (400, 422) and any(m in text.lower() for m in prefill_markers)
+    return ProviderError(
+        kind=classify_status(status, refused),
+        message=clean_message(f"{where}: HTTP {status}: {text}"),
+        retry_after=parse_retry_after(headers),
+        status=status,
+    )
 
 
 @functools.cache
@@ -159,25 +187,26 @@ def sdk_error(
     """
     sdks = _sdk_modules()
     if isinstance(err, tuple(m.APIStatusError for m in sdks)):
-        status = err.status_code
-        text = error_text(err.body, err.message)
-        refused = status in (400, 422) and any(m in text.lower() for m in prefill_markers)
-        headers = err.response.headers
-        return ProviderError(
-            kind=classify_status(status, refused),
-            message=_clean(f"{where}: HTTP {status}: {text}"),
-            retry_after=parse_retry_after(headers),
-            status=status,
+        return status_error(
+            err.status_code,
+            err.body,
+            err.response.headers,
+            where=where,
+            prefill_markers=prefill_markers,
+            fallback=err.message,
         )
     if isinstance(err, tuple(m.APITimeoutError for m in sdks)):
-        return ProviderError(ErrorKind.TIMEOUT, _clean(f"{where}: the request timed out"))
+        return ProviderError(ErrorKind.TIMEOUT, clean_message(f"{where}: the request timed out"))
     if isinstance(err, tuple(m.APIConnectionError for m in sdks)):
         cause = err.__cause__ or err.__context__
         detail = f" ({type(cause).__name__}: {cause})" if cause else ""
-        return ProviderError(ErrorKind.UNAVAILABLE, _clean(f"{where}: connection failed{detail}"))
+        return ProviderError(
+            ErrorKind.UNAVAILABLE, clean_message(f"{where}: connection failed{detail}")
+        )
     if isinstance(err, tuple(m.APIResponseValidationError for m in sdks)):
         return ProviderError(
-            ErrorKind.UNAVAILABLE, _clean(f"{where}: the backend's answer is not valid: {err}")
+            ErrorKind.UNAVAILABLE,
+            clean_message(f"{where}: the backend's answer is not valid: {err}"),
         )
     return None
 

@@ -1,4 +1,4 @@
-"""What the two OpenAI-protocol providers share: the client, keys by host, and ``n``.
+"""What the two OpenAI-protocol providers share: the HTTP client, keys by host, and ``n``.
 
 ``n`` asks an OpenAI-compatible server for several choices from one request (one prefill on
 vLLM and SGLang). Not every server honours it: ``transformers serve`` answers one choice
@@ -18,13 +18,8 @@ from urllib.parse import urlparse
 
 from omniopd.gateway.config import TeacherConfig
 from omniopd.gateway.providers.base import ErrorKind, ProviderError
-from omniopd.gateway.providers.hosted import (
-    gather_all,
-    json_field,
-    read_api_key,
-    sdk_http_client,
-    split_count,
-)
+from omniopd.gateway.providers.hosted import gather_all, json_field, read_api_key, split_count
+from omniopd.gateway.providers.http import JSONClient, sdk_identity
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +43,27 @@ def hosted_api(base_url: str | None) -> HostedAPI | None:
     return None
 
 
-def make_client(config: TeacherConfig) -> Any:
-    """An ``openai.AsyncOpenAI`` for this teacher, with the SDK's own retries off.
+async def make_client(config: TeacherConfig, where: str) -> JSONClient:
+    """A started :class:`JSONClient` for this teacher, with the ``openai`` SDK's identity.
 
     The key comes from ``api_key_env``, or for OpenAI's and Gemini's hosted endpoints from
     ``OPENAI_API_KEY``/``GEMINI_API_KEY``; a self-hosted server configured without
     ``api_key_env`` gets no real key, so a hosted-API key never travels to another server.
+    The SDK's client is built only to read what it would send (:func:`sdk_identity`: the key
+    as a bearer token, ``OPENAI_ORG_ID``/``OPENAI_PROJECT_ID`` headers, the base URL).
     """
     import openai
 
     api = hosted_api(config.base_url)
     key = read_api_key(config.name, config.api_key_env, _KEY_ENV.get(api) if api else None)
-    return openai.AsyncOpenAI(
-        api_key=key or NO_KEY,
-        base_url=config.base_url or OPENAI_URL,
-        max_retries=0,  # the gateway core retries, with its own backoff and deadline
-        timeout=config.timeout_s,
-        http_client=sdk_http_client(openai),
-    )
+    sdk = openai.AsyncOpenAI(api_key=key or NO_KEY, base_url=config.base_url or OPENAI_URL)
+    try:
+        base_url, headers = sdk_identity(sdk)
+    finally:
+        await sdk.close()
+    client = JSONClient(base_url, headers, where=where)
+    await client.start()
+    return client
 
 
 @dataclass(frozen=True, slots=True)

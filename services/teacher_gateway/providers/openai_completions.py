@@ -1,5 +1,6 @@
 """``provider: openai_completions``: raw-prompt ``/v1/completions`` of any OpenAI-compatible
-server (vLLM, SGLang, ``transformers serve``), through the official ``openai`` SDK.
+server (vLLM, SGLang, ``transformers serve``), posted with the ``openai`` SDK's URL and headers
+through the pooled client of :mod:`.http`.
 
 The gateway renders the conversation with the teacher's own chat template (the ``tokenizer``
 of the teacher entry, else its ``model``, loaded with ``AutoTokenizer.from_pretrained``), ends
@@ -31,7 +32,8 @@ from omniopd.gateway.providers.base import (
     SampleParams,
     SampleResult,
 )
-from omniopd.gateway.providers.hosted import finish_reason, post_json, request_body
+from omniopd.gateway.providers.hosted import finish_reason, request_body
+from omniopd.gateway.providers.http import JSONClient
 from omniopd.gateway.providers.local import render_prompt, require_chat_template
 from omniopd.gateway.providers.openai_common import ChoiceBudget, make_client, output_tokens
 
@@ -74,7 +76,7 @@ class Rendered:
 class OpenAICompletionsProvider(Provider):
     def __init__(self, config: TeacherConfig) -> None:
         super().__init__(config)
-        self._client: Any = None
+        self._client: JSONClient | None = None
         self._tokenizer: Any = None
         self._where = f"openai-completions {config.model}"
         self.budget = ChoiceBudget(self._where)
@@ -85,13 +87,17 @@ class OpenAICompletionsProvider(Provider):
         return True
 
     async def start(self) -> None:
-        self._client = make_client(self.config)
+        self._client = await make_client(self.config, self._where)  # a missing key fails first
         name = self.config.tokenizer or self.config.model
-        self._tokenizer = await asyncio.to_thread(load_tokenizer, name)
+        try:
+            self._tokenizer = await asyncio.to_thread(load_tokenizer, name)
+        except BaseException:
+            await self.aclose()  # no open connection pool left behind by a failed start
+            raise
 
     async def aclose(self) -> None:
         if self._client is not None:
-            await self._client.close()
+            await self._client.aclose()
             self._client = None
 
     def _render_uncached(self, params: SampleParams) -> Rendered:
@@ -115,7 +121,8 @@ class OpenAICompletionsProvider(Provider):
         return self.backend_calls(params) * self.render(params).tokens
 
     async def sample(self, params: SampleParams, *, timeout: float) -> SampleResult:
-        if self._client is None:
+        client = self._client
+        if client is None:
             raise RuntimeError(f"teacher {self.config.name!r}: start() was not called")
         rendered = self.render(params)
         fields: dict[str, Any] = {
@@ -133,7 +140,7 @@ class OpenAICompletionsProvider(Provider):
             one = {**body, "n": n}
             if seed is not None:
                 one["seed"] = seed
-            return post_json(self._client, "/completions", one, timeout=timeout, where=self._where)
+            return client.post("/completions", one, timeout=timeout)
 
         answer = await self.budget.collect(params.n, params.seed, call)
         texts = [self._text(c) for c in answer.choices]

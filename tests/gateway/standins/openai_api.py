@@ -202,7 +202,12 @@ def build_app(state: StandIn, model_names: tuple[str, ...] = ()) -> Starlette:
     return app
 
 
-def start(api_key: str, model_names: tuple[str, ...] = ()) -> tuple[ServerThread, StandIn]:
-    """Start a stand-in OpenAI-compatible server; the SDK's base URL is ``server.url + "/v1"``."""
+def start(
+    api_key: str, model_names: tuple[str, ...] = (), **uvicorn_options: Any
+) -> tuple[ServerThread, StandIn]:
+    """Start a stand-in OpenAI-compatible server; the SDK's base URL is ``server.url + "/v1"``.
+
+    ``uvicorn_options`` override uvicorn's settings (``timeout_keep_alive=...``).
+    """
     state = StandIn(api_key=api_key)
-    return ServerThread(build_app(state, model_names)).start(), state
+    return ServerThread(build_app(state, model_names), **uvicorn_options).start(), state

@@ -41,6 +41,7 @@ class Received:
     path: str
     body: dict[str, Any]
     headers: dict[str, str]
+    peer: str = ""  # the client's address and port: a new port is a new connection
 
 
 @dataclass
@@ -86,7 +87,8 @@ async def receive(request: Request) -> tuple[StandIn, dict[str, Any], Response |
         body = await request.json()
     except json.JSONDecodeError:
         body = {}
-    state.requests.append(Received(request.url.path, body, dict(request.headers)))
+    peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+    state.requests.append(Received(request.url.path, body, dict(request.headers), peer))
     fault = state.faults.popleft() if state.faults else None
     if fault is None:
         return state, body, None
@@ -124,9 +126,12 @@ def error_body(status: int) -> dict[str, Any]:
 
 
 class ServerThread:
-    """A Starlette app served by uvicorn on 127.0.0.1:0 in a daemon thread."""
+    """A Starlette app served by uvicorn on 127.0.0.1:0 in a daemon thread.
 
-    def __init__(self, app: Starlette) -> None:
+    ``uvicorn_options`` override uvicorn's settings (``timeout_keep_alive=...``).
+    """
+
+    def __init__(self, app: Starlette, **uvicorn_options: Any) -> None:
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
@@ -136,6 +141,7 @@ class ServerThread:
             lifespan="off",
             access_log=False,
             timeout_graceful_shutdown=0.5,  # injected delays may still be sleeping at the end
+            **uvicorn_options,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="standin", daemon=True)
