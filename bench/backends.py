@@ -6,6 +6,8 @@ requests served and the most that were in flight at once (to check a gateway's c
 limit), ``POST /stats/reset`` clears them. It is a bare asyncio protocol over HTTP/1.1 with
 keep-alive, so that it costs as little CPU as possible on a machine it shares with the gateway
 and the client being measured; it is not a general HTTP server (no chunked request bodies).
+``GET /stats/timeline`` gives, for each request since the last reset, when it arrived and when
+it was answered (seconds after the reset), to see where a run's time went.
 
 Run it in its own process::
 
@@ -40,6 +42,9 @@ class Stats:
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.reset_at = time.monotonic()
+        self.arrived: list[float] = []  # seconds after the reset
+        self.answered: list[float] = []
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -133,6 +138,13 @@ class BackendProtocol(asyncio.Protocol):
     def handle(self, method: str, path: str, raw: bytes) -> None:
         if method == "GET" and path == "/stats":
             self.send(_response(200, json.dumps(self.stats.as_dict()).encode()))
+        elif method == "GET" and path == "/stats/timeline":
+            times = {
+                "reset_at": self.stats.reset_at,  # time.monotonic(): comparable across processes
+                "arrived": self.stats.arrived,
+                "answered": self.stats.answered,
+            }
+            self.send(_response(200, json.dumps(times).encode()))
         elif method == "POST" and path == "/stats/reset":
             self.stats.__init__()
             self.send(_response(200, b"{}"))
@@ -141,6 +153,7 @@ class BackendProtocol(asyncio.Protocol):
             self.send(_response(200, json.dumps(data).encode()))
         elif method == "POST" and path.endswith(("/chat/completions", "/completions")):
             self.stats.requests += 1
+            self.stats.arrived.append(time.monotonic() - self.stats.reset_at)
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
             payload = _response(200, json.dumps(answer(path, json.loads(raw or b"{}"))).encode())
@@ -152,6 +165,7 @@ class BackendProtocol(asyncio.Protocol):
     def finish(self, payload: bytes) -> None:
         self.stats.in_flight -= 1
         self.send(payload)
+        self.stats.answered.append(time.monotonic() - self.stats.reset_at)
 
     def send(self, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -205,6 +219,12 @@ class Backend:
 
     def stats(self) -> dict[str, int]:
         with urllib.request.urlopen(f"{self.url}/stats", timeout=5) as reply:
+            return json.loads(reply.read())
+
+    def timeline(self) -> dict:
+        """When each request since the last reset arrived and was answered (seconds after it,
+        ``reset_at`` being the reset's ``time.monotonic()``, the same clock in every process)."""
+        with urllib.request.urlopen(f"{self.url}/stats/timeline", timeout=5) as reply:
             return json.loads(reply.read())
 
     def reset(self) -> None:

@@ -3,15 +3,19 @@
 One run measures, each against its baseline in the same run:
 
 1. latency added: ``SampleChunks`` through the gateway vs. the same request sent straight to
-   the backend with the same ``openai`` SDK call the provider makes; fresh prompts (no cache
-   hits), 8 in flight (their starts spread over one backend latency, so they do not move in
-   lockstep), backend with a fixed 50 ms latency (``bench/backends.py``);
+   the backend with the ``openai`` SDK's raw request method on its aiohttp transport (the
+   SDK's leanest request path, on aiohttp as the gateway's own client is); fresh prompts (no
+   cache hits), 8 in flight (their starts spread over one backend latency, so they do not
+   move in lockstep), backend with a fixed 50 ms latency (``bench/backends.py``);
 2. cost: the gateway process's own CPU time per cache-miss request with 64 in flight, read from
    its CPU counters (``/proc/PID/stat``), since client, gateway and backend share the machine;
 3. cache hits through ``StreamChunks``: replies per second (64 in flight) and the latency of one
    hit (one in flight);
 4. concurrency: 512 requests to a teacher limited to 64 concurrent calls, 200 ms backend:
-   wall time over the ideal 8 waves x 200 ms, and the most calls the backend saw at once;
+   wall time over the ideal 8 waves x 200 ms, and the most calls the backend saw at once; from
+   the backend's timeline, where the time beyond the ideal went (until the first call, the
+   spread of the last wave, from the last answer to the last reply); and, for reference, the
+   same 512 requests sent straight to the backend with the SDK, 64 at a time;
 5. ``hf``: ``n=8`` from one prefill vs. 8 separate ``n=1`` calls on the toy teacher;
 6. the limits' own cost: one admission through three rate limits and a concurrency slot, with
    the ``limits`` library in memory and in Redis (is it fast enough to keep?).
@@ -142,7 +146,12 @@ async def latency_added(stub, backend_url: str, requests: int) -> dict:
     """p50/p99 through the gateway minus straight to the backend, 8 in flight, fresh prompts."""
     import openai
 
-    client = openai.AsyncOpenAI(api_key="EMPTY", base_url=f"{backend_url}/v1", max_retries=0)
+    client = openai.AsyncOpenAI(
+        api_key="EMPTY",
+        base_url=f"{backend_url}/v1",
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(),
+    )
     run = uuid.uuid4().hex[:8]
 
     async def direct(i: int) -> None:
@@ -252,23 +261,75 @@ async def cache_hits(stub, distinct: int, replies: int, pings: int) -> dict:
     }
 
 
+def where_time_went(slow: Backend, started: float, replies_done: float) -> dict:
+    """From the backend's timeline: how long until its first call, how spread the last of the
+    waves of calls was, and how long from its last answer to the client's last reply (ms)."""
+    timeline = slow.timeline()
+    arrived = sorted(timeline["reset_at"] + t for t in timeline["arrived"])
+    answered = sorted(timeline["reset_at"] + t for t in timeline["answered"])
+    last_wave = arrived[-(len(arrived) % 64 or 64) :]
+    return {
+        "first_call_ms": (arrived[0] - started) * 1e3,
+        "last_wave_spread_ms": (last_wave[-1] - last_wave[0]) * 1e3,
+        "tail_ms": (replies_done - answered[-1]) * 1e3,
+    }
+
+
 async def concurrency(stub, slow: Backend, total: int, limit: int, delay_s: float) -> dict:
-    """``total`` requests at once to a teacher limited to ``limit`` calls: wall over ideal."""
-    slow.reset()
+    """``total`` requests at once to a teacher limited to ``limit`` calls: wall over ideal.
+
+    For reference, the same requests are also sent straight to the backend with the ``openai``
+    SDK, ``limit`` at a time (no gateway): what the client and the backend alone achieve on
+    this machine. Both runs are broken down with the backend's timeline.
+    """
+    import openai
+
+    ideal = -(-total // limit) * delay_s
     run = uuid.uuid4().hex[:8]
-    started = time.perf_counter()
+    client = openai.AsyncOpenAI(
+        api_key="EMPTY",
+        base_url=f"{slow.url}/v1",
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(),
+    )
+    window = asyncio.Semaphore(limit)
+
+    async def direct(i: int) -> None:
+        body = {
+            "model": "bench",
+            "messages": [{"role": "user", "content": question(f"r{run}", i)}],
+            "max_tokens": MAX_TOKENS,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "n": N_SAMPLES,
+        }
+        async with window:
+            json.loads(await client.post("/chat/completions", body=body, cast_to=bytes))
+
+    slow.reset()
+    started = time.monotonic()
+    await asyncio.gather(*(direct(i) for i in range(total)))
+    direct_wall = time.monotonic() - started
+    direct_parts = where_time_went(slow, started, started + direct_wall)
+    await client.close()
+
+    slow.reset()
+    started = time.monotonic()
     replies = await asyncio.gather(
         *(stub.SampleChunks(sample_request("slow", question(f"s{run}", i))) for i in range(total))
     )
-    wall = time.perf_counter() - started
+    wall = time.monotonic() - started
     assert all(len(r.chunks) == N_SAMPLES for r in replies)
-    ideal = -(-total // limit) * delay_s
+    parts = where_time_went(slow, started, started + wall)
     stats = slow.stats()
     return {
         "concurrency_wall_s": wall,
         "concurrency_ideal_s": ideal,
         "concurrency_wall_over_ideal": wall / ideal,
         "backend_max_in_flight": stats["max_in_flight"],
+        **{f"concurrency_{k}": v for k, v in parts.items()},
+        "concurrency_direct_wall_over_ideal": direct_wall / ideal,
+        **{f"concurrency_direct_{k}": v for k, v in direct_parts.items()},
     }
 
 
@@ -406,6 +467,14 @@ def table(r: dict) -> str:
         ("512 req, 64 slots, 200 ms: wall/ideal", f"{r['concurrency_wall_over_ideal']:.3f}",
          "<= 1.2", f"{r['concurrency_wall_s']:.2f} s vs {r['concurrency_ideal_s']:.2f} s, "
          f"backend saw <= {r['backend_max_in_flight']} at once"),
+        ("  its parts: first call, last wave, tail",
+         f"{r['concurrency_first_call_ms']:.0f}/{r['concurrency_last_wave_spread_ms']:.0f}/"
+         f"{r['concurrency_tail_ms']:.0f} ms", "",
+         "the same without gateway (SDK, 64 at a time): "
+         f"{r['concurrency_direct_wall_over_ideal']:.3f}, "
+         f"{r['concurrency_direct_first_call_ms']:.0f}/"
+         f"{r['concurrency_direct_last_wave_spread_ms']:.0f}/"
+         f"{r['concurrency_direct_tail_ms']:.0f} ms"),
         ("hf n=8 one prefill vs 8 x n=1", f"{r['hf_prefill_speedup']:.2f}x", ">= 2x",
          f"{r['hf_n8_one_prefill_ms']:.1f} vs {r['hf_8_calls_n1_ms']:.1f} ms, "
          f"{r['hf_prompt_tokens']} prompt tokens"),
@@ -413,6 +482,9 @@ def table(r: dict) -> str:
          "in memory; in Redis: " + (f"{r['limiter_redis_us']:.0f} us"
                                     if r["limiter_redis_us"] is not None else "no Redis here")),
     ]  # fmt: skip
+    rows.append(("machine load (1-min average)", f"{r['load_1m_start']:.2f}", "",
+                 f"at the start; {r['load_1m_end']:.2f} at the end, on "
+                 f"{os.cpu_count()} CPUs"))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     header = ("measure", "result", "goal", "detail")
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
@@ -429,6 +501,7 @@ def main() -> None:
     if args.quick:
         args.requests = 160
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    load_start = os.getloadavg()[0]  # the machine is shared: the load says how quiet it was
     with tempfile.TemporaryDirectory(prefix="omniopd-bench-gw-") as tmp:
         workdir = Path(tmp)
         results = asyncio.run(measure_gateway(args, workdir))
@@ -439,6 +512,7 @@ def main() -> None:
             model_dir = build_tiny(workdir / "toy").teacher
         results |= hf_speedup(model_dir, repeats=3 if args.quick else 7)
         results |= limiter_cost(500 if args.quick else 2000)
+    results |= {"load_1m_start": load_start, "load_1m_end": os.getloadavg()[0]}
     print(table(results))
     keys = [
         "added_p50_ms",

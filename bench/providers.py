@@ -8,7 +8,9 @@ so the backend's CPU is not counted) for:
   response, httpx transport): the baseline;
 - ``sdk_post_httpx``: ``client.post(..., cast_to=bytes)`` on the default httpx transport;
 - ``sdk_post_aiohttp``: the same on the SDK's aiohttp transport (``DefaultAioHttpClient``);
-- ``provider``: ``OpenAIChatProvider.sample`` (what the gateway runs: raw post on aiohttp, plus
+- ``json_client``: the same request through the providers' pooled aiohttp client
+  (``providers/http.py``: the SDK's URL and headers, without the SDK's request path);
+- ``provider``: ``OpenAIChatProvider.sample`` (what the gateway runs: that client, plus
   continuation handling and token shares).
 
 Each is measured in several interleaved rounds and the median is reported. Prints a table, then
@@ -55,6 +57,7 @@ async def measure(calls: int, rounds: int) -> dict[str, float]:
 
     from omniopd.gateway.config import TeacherConfig
     from omniopd.gateway.providers import Message, SampleParams, create_provider
+    from omniopd.gateway.providers.http import JSONClient, sdk_identity
 
     with Backend(delay_s=0.05) as backend:
         url = f"{backend.url}/v1"
@@ -67,6 +70,8 @@ async def measure(calls: int, rounds: int) -> dict[str, float]:
         )
         provider = create_provider(config)
         await provider.start()
+        pooled = JSONClient(*sdk_identity(plain), where="bench")
+        await pooled.start()
 
         def question(i: int) -> str:
             return f"Question {i}: what is {i} + {i % 97}? Show your work step by step."
@@ -90,6 +95,9 @@ async def measure(calls: int, rounds: int) -> dict[str, float]:
         async def sdk_post_aiohttp(i: int) -> object:
             return json.loads(await aio.post("/chat/completions", body=body(i), cast_to=bytes))
 
+        async def json_client(i: int) -> object:
+            return await pooled.post("/chat/completions", body(i), timeout=30)
+
         async def through_provider(i: int) -> object:
             params = SampleParams(
                 messages=(Message("user", question(i)),),
@@ -105,6 +113,7 @@ async def measure(calls: int, rounds: int) -> dict[str, float]:
             "sdk_create": sdk_create,
             "sdk_post_httpx": sdk_post_httpx,
             "sdk_post_aiohttp": sdk_post_aiohttp,
+            "json_client": json_client,
             "provider": through_provider,
         }
         for call in ways.values():  # warm up: connections, imports, caches
@@ -114,6 +123,7 @@ async def measure(calls: int, rounds: int) -> dict[str, float]:
             for name, call in ways.items():
                 samples[name].append(await cpu_ms_per_call(call, calls))
         await provider.aclose()
+        await pooled.aclose()
         await plain.close()
         await aio.close()
     return {name: statistics.median(values) for name, values in samples.items()}
