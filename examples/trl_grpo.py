@@ -1,6 +1,7 @@
 """Train the toy student with TRL's GRPOTrainer and OmniOPD's teacher-agreement reward, on CPU.
 
-Start a gateway serving the toy teacher and a verifier first (docs/integrations.md), then:
+Start a gateway serving the toy teacher and a verifier first (docs/quickstart.md, section
+"From another trainer"), then:
 
     python examples/trl_grpo.py --gateway 127.0.0.1:50051 --teacher toy \
         --verifier http://127.0.0.1:8100 --steps 20 --output-dir runs/trl-grpo
