@@ -1,0 +1,122 @@
+"""``experiments/toy_distill.py`` for two steps per arm on the tiny toy world (random models),
+with a real stack: every arm runs, the learning-rate sweep picks per arm, the outputs are
+written where they are asked for (never into the repository's docs/), and a rerun of the same
+command trains nothing. The accuracies mean nothing here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "experiments" / "toy_distill.py"
+ARMS = [
+    "student", "sft", "grpo", "opd", "omniopd", "omniopd-char", "omniopd-uniform-prior",
+    "omniopd-lexical", "omniopd-hybrid", "omniopd-random-forks", "omniopd-alpha0.5",
+    "omniopd-alpha8", "omniopd-logratio", "omniopd-batch-baseline",
+]  # fmt: skip
+TEACHER_ARMS = [a for a in ARMS if a == "sft" or a.startswith("omniopd")]
+TINY_TRAINER = [
+    "--num-drafts", "3",
+    "--chunk-tokens", "4",
+    "--teacher-samples", "3",
+    "--fork-quantile", "0.5",
+    "--min-fork-entropy", "0",
+    "--max-forks", "2",
+]  # fmt: skip
+
+
+def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def docs_state() -> dict[str, float]:
+    """The repository's results files and their modification times (none before the full run)."""
+    paths = [REPO / "docs" / "results.md", *sorted((REPO / "docs" / "results").glob("*"))]
+    return {str(p): p.stat().st_mtime for p in paths if p.exists()}
+
+
+def test_every_arm_runs_two_steps_and_a_rerun_only_finishes_what_is_missing(tmp_path):
+    from omniopd.toy import build_tiny
+
+    world = build_tiny(tmp_path / "tiny")
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    common = [
+        "--world", str(world.root),
+        "--runs-dir", str(runs),
+        "--docs", str(docs),
+        "--steps", "2",
+        "--batch-size", "4",
+        "--evals", "2",
+        "--max-new-tokens", "16",
+    ]  # fmt: skip
+    before = docs_state()
+
+    # Every arm, two steps, one learning rate and one seed: every arm's code path runs.
+    done = run([*common, "--lrs", "1e-3", "--seeds", "0", "--", *TINY_TRAINER])
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert docs_state() == before, "the experiment wrote into the repository's docs/"
+    summary = json.loads((docs / "results" / "summary.json").read_text())
+    assert list(summary["arms"]) == ARMS
+    for name, arm in summary["arms"].items():
+        for key in ("mean", "std", "seeds", "teacher_tokens", "repetition_rate", "wall_s"):
+            assert key in arm, (name, key)
+        assert 0 <= arm["mean"] <= 1 and arm["std"] == 0 and arm["seeds"] == [0], name
+        if name == "student":
+            continue
+        assert arm["complete"] and arm["lr"] == 1e-3 and arm["steps"] == 2, name
+        assert arm["command"].startswith("omniopd-train --method "), name
+        assert [[p["step"] for p in c["points"]] for c in arm["curves"]] == [[1, 2]], name
+        assert (arm["teacher_tokens"] > 0) == (name in TEACHER_ARMS), name
+    assert "--teacher toy-char" in summary["arms"]["omniopd-char"]["command"]
+    assert "--metric lexical" in summary["arms"]["omniopd-lexical"]["command"]
+    assert summary["budget"]["trainer_flags"] == TINY_TRAINER
+    page = (docs / "results.md").read_text()
+    assert page.index("## Goals") < page.index("## Results") < page.index("## How to reproduce")
+    for name in ARMS:
+        assert f"| `{name}` |" in page
+    for png in ("accuracy_vs_updates", "accuracy_vs_teacher_tokens", "lr_sweep"):
+        assert (docs / "results" / f"{png}.png").read_bytes().startswith(b"\x89PNG"), png
+    assert len(list(runs.glob("*/*/result.json"))) == 13  # saved as each run finished
+
+    # A sweep over two learning rates and a second seed (one arm without services, to stay
+    # fast): the run above is reused, the sweep picks a rate on val, the seed runs at it.
+    sweep = [*common, "--lrs", "1e-3", "3e-3", "--seeds", "0", "1", "--arms", "opd"]
+    done = run([*sweep, "--", *TINY_TRAINER])
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert "3 training runs (1 already finished)" in done.stderr
+    opd = json.loads((docs / "results" / "summary.json").read_text())["arms"]["opd"]
+    assert set(opd["lr_sweep"]) == {"0.001", "0.003"} and opd["lr"] in (1e-3, 3e-3)
+    assert opd["seeds"] == [0, 1] and len(opd["accuracy_per_seed"]) == 2
+    results = sorted(runs.glob("opd/*/result.json"))
+    assert len(results) == 3
+
+    # A run killed after its last checkpoint, before its result was saved: the same command
+    # finishes it by resuming (nothing left to train) and leaves every finished run alone.
+    lost = next(p for p in results if "seed1" in p.parent.name)
+    saved = json.loads(lost.read_text())
+    lost.unlink()
+    stamps = {p: p.stat().st_mtime for p in results if p != lost}
+    done = run([*sweep, "--", *TINY_TRAINER])
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert "3 training runs (2 already finished)" in done.stderr
+    assert {p: p.stat().st_mtime for p in stamps} == stamps
+    assert json.loads(lost.read_text())["final"] == saved["final"]
+
+
+def test_a_flag_that_arms_differ_in_cannot_be_set_for_all(tmp_path):
+    done = run(["--runs-dir", str(tmp_path), "--docs", str(tmp_path), "--", "--metric", "hybrid"])
+    assert done.returncode != 0
+    assert "--metric after --" in done.stderr
