@@ -194,15 +194,14 @@ def sft_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         mask.to(run.device),
     )
     (num_tokens,) = dist_utils.sum_floats([float(mask.sum())], run.device)
-    metrics: dict[str, float] = {}
-    if kept:
-        metrics = cross_entropy_backward(
-            run.model,
-            batch,
-            temperature=1.0,
-            num_tokens=max(num_tokens, 1.0),
-            parts=cfg.grad_accum_steps,
-        )
+    # A rank with no answer runs no pass (under --fsdp, passes that add nothing).
+    metrics = cross_entropy_backward(
+        run.model,
+        batch,
+        temperature=1.0,
+        num_tokens=max(num_tokens, 1.0),
+        parts=cfg.grad_accum_steps,
+    )
     grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
     return {
         "loss": metrics.get("sft_loss", 0.0),

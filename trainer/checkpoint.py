@@ -2,10 +2,15 @@
 
 ``output_dir/checkpoints/step-000012/`` holds ``model/`` (``save_pretrained``, with the
 tokenizer, so any HF tool loads it), ``trainer_state.pt`` (step, data position, optimizer,
-scheduler, fork RNG), ``rng-rank{r}.pt`` per process (python, numpy, torch, CUDA RNGs) and
-``config.yaml``. Each rank also records a digest of its own weights, and saving fails if the
-ranks disagree (data parallelism must keep them identical). A folder named ``step-*`` is complete by construction: it only gets that name
+scheduler), ``rng-rank{r}.pt`` per process (python, numpy, torch, CUDA and fork RNGs, and the
+teacher's characters per token measured so far) and ``config.yaml``. Each rank also records a
+digest of its own weights, and saving fails if the ranks disagree (data parallelism must keep
+them identical). A folder named ``step-*`` is complete by construction: it only gets that name
 by a rename after every file in it was written and synced.
+
+With ``--fsdp`` the weights and the optimiser state are gathered to rank 0 as full tensors and
+written in the same layout, so a checkpoint loads the same with or without FSDP; the digest
+is that of the gathered weights.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import numpy as np
 import torch
 
 from omniopd.trainer import distributed as dist_utils
+from omniopd.trainer import fsdp
+from omniopd.trainer.teacher import CharsPerToken
 
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
@@ -76,12 +83,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of every parameter's bytes, in order: equal on all ranks of a healthy run."""
+def weights_digest(model: torch.nn.Module, full: dict[str, torch.Tensor] | None = None) -> str:
+    """sha256 of every parameter's bytes, in order: equal on all ranks of a healthy run.
+
+    ``full``: the weights as a full state dict, for a sharded model (``fsdp.full_state_dict``).
+    """
     h = hashlib.sha256()
     for name, p in model.named_parameters():
+        t = full[name] if full is not None else p
         h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -105,17 +116,25 @@ def save_checkpoint(
     fork_rng: random.Random,
     config_yaml: str,
     keep: int,
+    chars_per_token: CharsPerToken | None = None,
 ) -> Path:
     """Write a checkpoint of ``state.step`` atomically; every rank calls this together.
 
-    Rank 0 writes the shared parts; each rank writes its own RNG states. Older checkpoints
+    Rank 0 writes the shared parts; each rank writes its own RNG states (the fork RNG too) and
+    its running estimate of the teacher's characters per token. Older checkpoints
     beyond the newest ``keep`` are removed afterwards.
     """
     rank = dist_utils.rank()
-    digest = weights_digest(model)
-    digests = dist_utils.gather_objects(digest)
-    if len(set(digests)) > 1:
-        raise RuntimeError(f"ranks hold different weights at step {state.step}: {digests}")
+    weights = optimizer_state = None
+    if fsdp.is_sharded(model):  # gathered to rank 0 (the others get nothing), then as below
+        weights = fsdp.full_state_dict(model)
+        optimizer_state = fsdp.full_optimizer_state(model, optimizer)
+        digest = dist_utils.gather_objects(weights_digest(model, weights) if rank == 0 else "")[0]
+    else:
+        digest = weights_digest(model)
+        digests = dist_utils.gather_objects(digest)
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"ranks hold different weights at step {state.step}: {digests}")
     root = checkpoint_dir(output_dir)
     final = root / step_name(state.step)
     tmp = root / f"{TMP_PREFIX}{step_name(state.step)}"
@@ -123,15 +142,18 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist_utils.barrier()
-    torch.save(rng_state() | {"weights_sha256": digest}, tmp / f"rng-rank{rank}.pt")
+    mine = {"weights_sha256": digest, "fork_rng": fork_rng.getstate()}
+    if chars_per_token is not None:
+        mine["teacher_chars_per_token"] = (chars_per_token.chars, chars_per_token.tokens)
+    torch.save(rng_state() | mine, tmp / f"rng-rank{rank}.pt")
     if rank == 0:
-        model.save_pretrained(tmp / "model")
+        model.save_pretrained(tmp / "model", state_dict=weights)
         tokenizer.save_pretrained(tmp / "model")
         torch.save(
             {
                 "step": state.step,
                 "data_position": state.data_position,
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "fork_rng": fork_rng.getstate(),
                 "world_size": dist_utils.world_size(),
@@ -162,19 +184,29 @@ def load_trainer_state(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     fork_rng: random.Random,
+    model: torch.nn.Module | None = None,
+    chars_per_token: CharsPerToken | None = None,
 ) -> TrainState:
     """Restore optimizer, scheduler and RNGs from checkpoint ``path``; the weights are loaded
-    separately, by ``from_pretrained(path / "model")``."""
+    separately, by ``from_pretrained(path / "model")``. ``model``: the optimizer's model, needed
+    when it is sharded (the full optimiser state is then sharded like it)."""
     saved = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
     if saved["world_size"] != dist_utils.world_size():
         raise SystemExit(
             f"checkpoint {path} was written by {saved['world_size']} processes, this run has"
             f" {dist_utils.world_size()}: resume with the same --nproc_per_node"
         )
-    optimizer.load_state_dict(saved["optimizer"])
+    if fsdp.is_sharded(model):
+        assert model is not None
+        fsdp.load_optimizer_state(model, optimizer, saved["optimizer"])
+    else:
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    fork_rng.setstate(saved["fork_rng"])
-    set_rng_state(
-        torch.load(path / f"rng-rank{dist_utils.rank()}.pt", map_location="cpu", weights_only=False)
+    mine = torch.load(
+        path / f"rng-rank{dist_utils.rank()}.pt", map_location="cpu", weights_only=False
     )
+    set_rng_state(mine)
+    fork_rng.setstate(mine.get("fork_rng", saved["fork_rng"]))  # older checkpoints: rank 0's
+    if chars_per_token is not None and "teacher_chars_per_token" in mine:
+        chars_per_token.chars, chars_per_token.tokens = mine["teacher_chars_per_token"]
     return TrainState(step=saved["step"], data_position=saved["data_position"])

@@ -107,6 +107,11 @@ class TrainConfig(BaseModel):
         "float32",
         description="compute: bfloat16 runs forward passes under autocast on float32 master weights",
     )
+    fsdp: bool = Field(
+        False,
+        description="shard the student (and reference, white-box teacher) over the ranks"
+        " with FSDP2, for models that do not fit one device",
+    )
     seed: int = Field(0, description="seed for data order, sampling and forks")
     output_dir: str = Field("runs/omniopd", description="checkpoints, metrics.jsonl, config")
     save_every: int = Field(50, ge=0, description="checkpoint every N steps (0: end only)")

@@ -37,18 +37,29 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env(device: torch.device) -> torch.device:
+def init_from_env(device: torch.device, always: bool = False) -> torch.device:
     """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); return the
-    device this rank uses (``cuda:LOCAL_RANK`` on GPUs)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+    device this rank uses (``cuda:LOCAL_RANK`` on GPUs).
+
+    Alone (no torchrun, or one process) there is no group, unless ``always`` (``--fsdp``,
+    whose sharding needs one): then a group of one, under torchrun or not.
+    """
+    alone = int(os.environ.get("WORLD_SIZE", "1")) <= 1
+    if (alone and not always) or is_distributed():
         return device
+    backend = "gloo"
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        backend = "nccl"
+    device_id = device if device.type == "cuda" else None
+    if "RANK" not in os.environ:  # not started by torchrun: a group of this process alone
+        dist.init_process_group(
+            backend, store=dist.HashStore(), rank=0, world_size=1, device_id=device_id
+        )
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group(backend, device_id=device_id)
     return device
 
 

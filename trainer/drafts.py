@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from omniopd.trainer import fsdp
 from omniopd.trainer.models import Batch, left_pad
 from omniopd.trainer.rollout import Rollout, decode, prefill
 
@@ -106,6 +107,9 @@ def make_drafts(
         tokens[:, 1:, :n] = fresh.tokens_BT.view(F_, K - 1, n)
         mask[:, 1:, :n] = fresh.mask_BT.view(F_, K - 1, n)
         logprobs[:, 1:, :n] = fresh.logprobs_BT.view(F_, K - 1, n)
+    elif fsdp.is_sharded(model):  # no fork on this rank: keep pace with the ranks decoding some
+        fsdp.idle_forward(model)
+        fsdp.idle_until_all_done(model)
     return Drafts(
         row_F=[b for b, _, _ in where],
         position_F=[f for _, f, _ in where],

@@ -10,6 +10,9 @@
 Steps 4 and 5 run on the I/O thread, all forks at once; meanwhile step 6 already does what
 needs no teacher (the KL anchor's forward and backward, the drafts' forward), so a slow
 teacher is paid about once per step, and partly hidden behind that work.
+
+With ``--fsdp`` the ranks run their forward and backward passes in lockstep (fsdp.py says how);
+the steps read the same.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 
 from omniopd.trainer import distributed as dist_utils
+from omniopd.trainer import fsdp
 from omniopd.trainer.context import Run
 from omniopd.trainer.data import Example
 from omniopd.trainer.drafts import Drafts, draft_texts, is_unanimous, make_drafts
@@ -181,9 +185,10 @@ def omniopd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         )
     # Keeping the drafts' graph until the scores arrive costs one batch of activations, so it is
     # done only without accumulation (grad_accum_steps = 1); otherwise the forward waits.
+    # (--fsdp: every rank forwards when any does, one without forks a placeholder.)
     early_logprobs_NT = None
-    if audited and cfg.grad_accum_steps == 1:
-        early = d.as_batch(audited)
+    if cfg.grad_accum_steps == 1 and fsdp.any_rank(run.model, bool(audited)):
+        early = d.as_batch(audited) if audited else fsdp.placeholder_batch(run.device)
         early_logprobs_NT = token_logprobs(
             continuation_logits(run.model, early, cfg.temperature), early.tokens_BT
         )
@@ -192,7 +197,8 @@ def omniopd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     time_wait = time.perf_counter() - t_wait
     run.teacher_chars_per_token.update(scores.teacher_chars, scores.teacher_tokens)
 
-    # ... then the policy gradient on the drafts of every fork the verifier scored.
+    # ... then the policy gradient on the drafts of every fork the verifier scored. Every rank
+    # backpropagates when any fork of the step was scored (a rank with none, a zero loss).
     used = [i for i in audited if i in scores.rewards]
     rewards_GK = torch.tensor([scores.rewards[i] for i in used], dtype=torch.float32)
     rewards_GK = rewards_GK.reshape(len(used), cfg.num_drafts)
@@ -202,10 +208,11 @@ def omniopd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     old_logprobs = None
     if forks_scored == 0:
         log.warning("step: no fork was scored (all failed or none audited): KL term only")
-    elif used and early_logprobs_NT is not None:
+    elif early_logprobs_NT is not None:
         K, scored = cfg.num_drafts, set(used)
         rows = [j * K + k for j, i in enumerate(audited) if i in scored for k in range(K)]
-        logprobs_NT = early_logprobs_NT[torch.tensor(rows, device=early_logprobs_NT.device)]
+        index = torch.tensor(rows, dtype=torch.long, device=early_logprobs_NT.device)
+        logprobs_NT = early_logprobs_NT[index]
         loss, pg = policy_gradient_loss(
             logprobs_NT,
             drafts_batch.mask_BT,
@@ -216,7 +223,7 @@ def omniopd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         loss.backward()
         metrics |= pg
         old_logprobs = [logprobs_NT.detach()]
-    elif used:
+    else:
         pg, old_logprobs = policy_gradient_backward(
             run.model,
             drafts_batch,
@@ -243,7 +250,7 @@ def omniopd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
                 num_tokens=max(num_tokens, 1.0),
                 parts=cfg.grad_accum_steps,
             )
-        if used and old_logprobs is not None:
+        if old_logprobs is not None:
             later, _ = policy_gradient_backward(
                 run.model,
                 drafts_batch,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from omniopd.trainer import fsdp
 from omniopd.trainer.models import Batch, cache_kwarg, left_pad, positions_from_mask
 
 
@@ -97,7 +98,8 @@ def decode(
     ``logits_BV`` are the logits after the prefix whose cache is ``cache`` and whose mask is
     ``mask_BS``. A row stops at its first EOS (kept, masked in); EOS cannot be drawn before
     ``min_new_tokens`` tokens (as in ``transformers``' ``min_new_tokens``). Uses torch's
-    global RNG.
+    global RNG. A sharded model (``--fsdp``) decodes until every rank is done: a rank that is
+    done early only forwards placeholders, so it samples exactly what it would alone.
     """
     B, device = logits_BV.shape[0], logits_BV.device
     eos_B1 = torch.tensor(eos_ids, device=device)
@@ -106,6 +108,7 @@ def decode(
     finished_B = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, alive, logprobs, entropies = [], [], [], []
     key = cache_kwarg(model)
+    lockstep = fsdp.is_sharded(model)
     for t in range(max_new_tokens):
         scaled_BV = logits_BV / temperature
         if t < min_new_tokens:
@@ -123,6 +126,8 @@ def decode(
         finished_B = finished_B | (live_B & torch.isin(tok_B, eos_B1))
         if bool(finished_B.all()) or len(tokens) == max_new_tokens:
             break
+        if lockstep:
+            fsdp.still_decoding(model, True)
         mask_BS = torch.cat([mask_BS, torch.ones_like(mask_BS[:, :1])], dim=1)
         out = model(
             input_ids=tok_B[:, None],
@@ -133,6 +138,7 @@ def decode(
         )
         next_pos_B = next_pos_B + 1
         logits_BV = out.logits[:, -1].float()
+    fsdp.idle_until_all_done(model)
     if not tokens:
         empty = torch.zeros((B, 0), device=device)
         return Samples(empty.long(), empty.bool(), empty, empty, finished_B)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from transformers.utils import logging as transformers_logging
 
 from omniopd.trainer import distributed as dist_utils
+from omniopd.trainer import fsdp
 from omniopd.trainer.baselines import (
     AnswerCache,
     check_same_tokenizer,
@@ -140,7 +141,7 @@ class Trainer:
 
     def _setup(self, config: TrainConfig) -> None:
         self.config = cfg = config
-        self.device = dist_utils.init_from_env(resolve_device(cfg.device))
+        self.device = dist_utils.init_from_env(resolve_device(cfg.device), always=cfg.fsdp)
         self.output_dir = Path(cfg.output_dir)
         self.is_main = dist_utils.is_main()
         if self.is_main:
@@ -173,8 +174,9 @@ class Trainer:
         self.autocast = lambda: autocast(self.device, dtype)
         weights = str(checkpoint / "model") if checkpoint else cfg.student
         tokenizer = load_tokenizer(cfg.student)
-        model = load_model(weights, self.device, torch.float32)  # master weights, see autocast
-        dist_utils.broadcast_parameters(model)
+        model = self.load(weights, torch.float32)  # master weights, see autocast
+        if not cfg.fsdp:
+            dist_utils.broadcast_parameters(model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = make_scheduler(
             optimizer, cfg.lr_schedule, cfg.warmup_steps, cfg.steps * cfg.ppo_epochs
@@ -192,13 +194,13 @@ class Trainer:
             teacher_chars_per_token=CharsPerToken(cfg.teacher_chars_per_token),
         )
         if cfg.beta > 0 and cfg.method != "sft":
-            self.run.ref = freeze(load_model(cfg.ref or cfg.student, self.device, dtype))
+            self.run.ref = self.load(cfg.ref or cfg.student, dtype, frozen=True)
         if cfg.method == "opd":
             assert cfg.opd_teacher is not None
             check_same_tokenizer(
                 tokenizer, load_tokenizer(cfg.opd_teacher), cfg.student, cfg.opd_teacher
             )
-            self.run.white_box_teacher = freeze(load_model(cfg.opd_teacher, self.device, dtype))
+            self.run.white_box_teacher = self.load(cfg.opd_teacher, dtype, frozen=True)
         if cfg.method in ("omniopd", "sft"):
             self.run.services = Services(
                 gateway=cfg.gateway,
@@ -218,12 +220,26 @@ class Trainer:
         self.state = TrainState()
         if checkpoint is not None:
             self.state = load_trainer_state(
-                checkpoint, optimizer=optimizer, scheduler=scheduler, fork_rng=self.run.fork_rng
+                checkpoint,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                fork_rng=self.run.fork_rng,
+                model=model,
+                chars_per_token=self.run.teacher_chars_per_token,
             )
             log.info("resumed from %s (step %d)", checkpoint, self.state.step)
         self.writer = (
             MetricsWriter(self.output_dir, resume_step=self.state.step) if self.is_main else None
         )
+
+    def load(self, path: str, dtype: torch.dtype, *, frozen: bool = False) -> torch.nn.Module:
+        """``from_pretrained(path)`` onto this rank's device; with ``--fsdp``, onto the CPU and
+        then sharded across the ranks, each keeping its shard on its device."""
+        if not self.config.fsdp:
+            model = load_model(path, self.device, dtype)
+            return freeze(model) if frozen else model
+        model = load_model(path, torch.device("cpu"), dtype)
+        return fsdp.shard(freeze(model) if frozen else model, self.device)
 
     # ------------------------------------------------------------------------------------
 
@@ -248,6 +264,7 @@ class Trainer:
             scheduler=self.run.scheduler,
             state=self.state,
             fork_rng=self.run.fork_rng,
+            chars_per_token=self.run.teacher_chars_per_token,
             config_yaml=to_yaml(self.config),
             keep=self.config.keep_checkpoints,
         )
@@ -256,14 +273,18 @@ class Trainer:
         return path
 
     def evaluate(self) -> dict[str, Any]:
-        """Held-out evaluation on rank 0 (the others wait), with ``omniopd-eval``'s code."""
+        """Held-out evaluation on rank 0 (the others wait), with ``omniopd-eval``'s code.
+
+        A sharded model's forward needs every rank: with ``--fsdp`` all ranks evaluate the
+        same prompts together, and rank 0 reports."""
         result: dict[str, Any] = {}
-        if self.is_main and self.heldout:
+        if self.heldout and (self.is_main or self.config.fsdp):
             with self.autocast():
                 result = evaluate(self.run, self.heldout)
+        if self.is_main and result:
             log.info("eval at step %d: %s", self.state.step, json.dumps(result))
         dist_utils.barrier()
-        return result
+        return result if self.is_main else {}
 
     def fit(self) -> dict[str, Any]:
         cfg = self.config

@@ -4,6 +4,10 @@ A step's loss is a sum of terms, each a token- or fork-mean over the *whole* ste
 Each term is computed in micro-batches whose losses are scaled by the step-wide count, so the
 gradients add up to the full-batch gradient exactly whatever ``grad_accum_steps`` is; each
 micro-batch is backpropagated at once, keeping one micro-batch of activations in memory.
+
+With ``--fsdp`` every rank must run as many passes as the others (a sharded forward is
+collective): a rank with fewer micro-batches (fewer scored forks, fewer SFT answers) catches
+up with passes that add nothing to the loss (``fsdp.idle_pass``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from omniopd.trainer import distributed as dist_utils
+from omniopd.trainer import fsdp
 from omniopd.trainer.losses import (
     Metrics,
     cross_entropy_loss,
@@ -57,7 +62,9 @@ def kl_anchor_backward(
     same term serves OPD, where ``ref`` is the white-box teacher (reported as ``opd_kl``).
     """
     total: Metrics = {}
-    for rows in micro_batches(len(batch), parts):
+    passes = micro_batches(len(batch), parts)
+    catch_up = fsdp.passes_to_catch_up(model, len(passes))  # agreed before any pass
+    for rows in passes:
         mb = batch.select(rows)
         logits = continuation_logits(model, mb, temperature)
         with torch.no_grad():
@@ -74,6 +81,8 @@ def kl_anchor_backward(
         if beta > 0:
             loss.backward()
         _add(total, metrics)
+    for _ in range(catch_up):
+        fsdp.idle_pass(model, (ref,), backward=beta > 0)
     if not target_is_ref:
         total = {"opd_kl": total.get("kl", 0.0), "opd_loss": total.get("kl_loss", 0.0)}
     return total
@@ -97,7 +106,9 @@ def policy_gradient_backward(
     """
     total: Metrics = {}
     saved = []
-    for i, rows in enumerate(micro_batches(len(batch), parts)):
+    passes = micro_batches(len(batch), parts)
+    catch_up = fsdp.passes_to_catch_up(model, len(passes))  # agreed before any pass
+    for i, rows in enumerate(passes):
         mb = batch.select(rows)
         logp_NT = token_logprobs(continuation_logits(model, mb, temperature), mb.tokens_BT)
         old = old_logprobs[i] if old_logprobs is not None else None
@@ -116,6 +127,8 @@ def policy_gradient_backward(
             metrics["clip_fraction"] *= share
             metrics["ratio_mean"] *= share
         _add(total, metrics)
+    for _ in range(catch_up):
+        fsdp.idle_pass(model)
     return total, saved
 
 
@@ -124,28 +137,39 @@ def cross_entropy_backward(
 ) -> Metrics:
     """SFT: token-mean negative log-likelihood of ``batch``'s continuations, backpropagated."""
     total: Metrics = {}
-    for rows in micro_batches(len(batch), parts):
+    passes = micro_batches(len(batch), parts)
+    catch_up = fsdp.passes_to_catch_up(model, len(passes))  # agreed before any pass
+    for rows in passes:
         mb = batch.select(rows)
         logp_NT = token_logprobs(continuation_logits(model, mb, temperature), mb.tokens_BT)
         loss, metrics = cross_entropy_loss(logp_NT, mb.mask_BT, num_tokens=num_tokens)
         loss.backward()
         _add(total, metrics)
+    for _ in range(catch_up):
+        fsdp.idle_pass(model)
     return total
 
 
 def optimizer_step(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float
 ) -> float:
-    """Sum gradients over ranks, clip, step, and return the gradient norm before clipping."""
+    """Sum gradients over ranks, clip, step, and return the gradient norm before clipping.
+
+    Under FSDP the backward passes already summed them (reduce-scatter), shard by shard."""
     params = [p for p in model.parameters() if p.requires_grad]
-    dist_utils.sum_gradients(params)
-    grads = [p.grad for p in params if p.grad is not None]
-    if max_grad_norm > 0:
-        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    elif grads:
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    if fsdp.is_sharded(model):
+        norm = fsdp.gradient_norm(params, max_grad_norm)
     else:
-        norm = torch.tensor(0.0)
+        dist_utils.sum_gradients(params)
+        grads = [p.grad for p in params if p.grad is not None]
+        if max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        elif grads:
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in grads])
+            )
+        else:
+            norm = torch.tensor(0.0)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
