@@ -89,13 +89,17 @@ def complete(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 class MetricsWriter:
-    """Appends to ``metrics.jsonl`` (flushed each step, so a killed run keeps what it logged)."""
+    """Writes ``metrics.jsonl`` (flushed each step, so a killed run keeps what it logged).
+
+    A run from step 0 starts the file afresh (a ``--resume`` that found no checkpoint too); a
+    run resumed from step N keeps the lines up to N and appends after them.
+    """
 
     def __init__(self, output_dir: Path, *, resume_step: int = 0) -> None:
         self.path = output_dir / "metrics.jsonl"
         if resume_step and self.path.exists():
             self._truncate_after(resume_step)
-        self._file = self.path.open("a")
+        self._file = self.path.open("a" if resume_step else "w")
         self._tb = self._tensorboard(output_dir)
 
     def _truncate_after(self, step: int) -> None:

@@ -49,3 +49,12 @@ def test_metrics_file_has_every_key_and_resume_drops_redone_steps(tmp_path):
         json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == [1, 2, 3]
+
+
+def test_a_run_from_step_zero_starts_the_metrics_file_afresh(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "lo')
+    w = MetricsWriter(tmp_path, resume_step=0)
+    w.write({"step": 1, "loss": 1.0})
+    w.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0)]
