@@ -245,7 +245,9 @@ def test_cli_serves_metrics_and_stops_gracefully_on_sigterm(tmp_path, backend):
     proc = start_cli(tmp_path, config, "--metrics-port", "0", env={KEY_ENV: KEY})
     try:
         metrics_port = int(wait_for_line(proc, r"metrics on http://[\d.]+:(\d+)/metrics")[1])
-        port = int(wait_for_line(proc, r"serving 1 teacher\(s\) on [\d.]+:(\d+)")[1])
+        # uvloop is in the gateway extra, so the command serves on it by default
+        serving_line = r"serving 1 teacher\(s\) on [\d.]+:(\d+) .*, uvloop event loop\)"
+        port = int(wait_for_line(proc, serving_line)[1])
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             reply = pb_grpc.TeacherGatewayStub(channel).SampleChunks(request("claude"), timeout=10)
         assert reply.chunks
@@ -266,6 +268,20 @@ def test_cli_serves_metrics_and_stops_gracefully_on_sigterm(tmp_path, backend):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_event_loop_choice(monkeypatch):
+    import uvloop
+
+    from omniopd.gateway.cli import loop_factory
+    from omniopd.settings import SettingsError
+
+    assert loop_factory("asyncio") is None  # asyncio's own loop
+    assert loop_factory("auto") is loop_factory("uvloop") is uvloop.new_event_loop
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert loop_factory("auto") is None
+    with pytest.raises(SettingsError, match="uvloop is not installed"):
+        loop_factory("uvloop")
 
 
 def test_cli_refuses_a_bad_config_naming_the_entry_and_field(tmp_path):
