@@ -649,7 +649,9 @@ def run_experiment(
         f"{', '.join(f'{lr:g}' for lr in budget.lrs)}, seeds "
         f"{', '.join(map(str, budget.seeds))}; runs in {places.runs}"
     )
-    started = time.monotonic()
+    # A rerun that trains nothing only re-renders the page: it keeps the training invocation's
+    # wall time (``started`` None) rather than reporting its own few seconds.
+    started: float | None = time.monotonic() if finished < n_runs else None
     failures: list[str] = []
     try:
         references = reference_evals(places, budget)
@@ -1023,8 +1025,8 @@ def markdown(summary: dict[str, Any], notes: str | None) -> str:
         "```",
         "",
         f"Toy world: recipe `{summary['recipe']}` (`omniopd-toy build`; `$W` below is its "
-        f"folder). Total wall time of the invocation that wrote this page: "
-        f"{summary['wall_s'] / 60:.0f} min"
+        f"folder). Total wall time of the invocation that trained these runs: "
+        + (f"{summary['wall_s'] / 60:.0f} min" if summary["wall_s"] is not None else "unknown")
         + (
             f" (stack start-up {summary['stack_start_s']:.0f} s)"
             if summary.get("stack_start_s")
@@ -1191,13 +1193,27 @@ DEFINITIONS = {
 }
 
 
+def invocation_time(
+    places: Places, args: argparse.Namespace, started: float | None, services: Services
+) -> dict[str, Any]:
+    """``wall_s`` and ``stack_start_s`` of the invocation that trained the runs: this one, or
+    (``started`` None: nothing left to train) the one recorded in the summary on disk."""
+    if started is not None:
+        return {"wall_s": round(time.monotonic() - started, 1), "stack_start_s": services.start_s}
+    path = places.results / "summary.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    if previous.get("command") != experiment_command(args.argv):
+        return {"wall_s": None, "stack_start_s": None}
+    return {"wall_s": previous.get("wall_s"), "stack_start_s": previous.get("stack_start_s")}
+
+
 def write_report(
     args: argparse.Namespace,
     places: Places,
     budget: Budget,
     arms: list[Arm],
     references: dict[str, Any],
-    started: float,
+    started: float | None,
     services: Services,
     *,
     plots: bool,
@@ -1224,8 +1240,7 @@ def write_report(
             "trainer_flags": list(budget.extra),
         },
         "machine": f"{os.cpu_count()} CPU cores, device {budget.device}",
-        "wall_s": round(time.monotonic() - started, 1),
-        "stack_start_s": services.start_s,
+        **invocation_time(places, args, started, services),
         "teachers_yaml": yaml.safe_dump(teachers, sort_keys=False),
         "references": {
             "teachers": references["teachers"],
