@@ -255,6 +255,11 @@ async def post_json(
         where=where,
         prefill_markers=prefill_markers,
     )
+    return json_object(raw, where)
+
+
+def json_object(raw: bytes, where: str) -> dict[str, Any]:
+    """A backend's answer decoded; anything but a JSON object is an ``UNAVAILABLE`` error."""
     try:
         data = json.loads(raw)
     except ValueError:

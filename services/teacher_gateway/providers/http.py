@@ -36,7 +36,7 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from omniopd.gateway.providers.base import ErrorKind, ProviderError
-from omniopd.gateway.providers.hosted import clean_message, status_error
+from omniopd.gateway.providers.hosted import clean_message, json_object, status_error
 
 KEEPALIVE_S = 4.0
 # A guard against running out of sockets; the teacher's limits.max_concurrency is the real bound.
@@ -166,15 +166,7 @@ class JSONClient:
                 where=self.where,
                 prefill_markers=prefill_markers,
             )
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise ProviderError(
-                ErrorKind.UNAVAILABLE, f"{self.where}: the answer is not a JSON object"
-            )
-        return data
+        return json_object(raw, self.where)
 
 
 def _decode_error_body(raw: bytes) -> object:
