@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format proto toy bench clean compose-tool
+.PHONY: setup demo test lint format proto toy bench clean compose-tool reliability
 
 setup: $(STAMP)
 
@@ -55,6 +55,15 @@ test: lint toy compose-tool
 DEMO_ARGS ?=
 demo: $(STAMP) toy
 	$(PY) -m omniopd.demo $(DEMO_ARGS)
+
+# Fault injection, fuzzing and soaks at full scale (docs/reliability.md); `make test` runs the
+# same tests bounded. Writes docs/reliability.json and docs/reliability.md from a fresh ledger.
+RELIABILITY_LEDGER ?= runs/reliability/ledger.jsonl
+reliability: $(STAMP) toy
+	@mkdir -p $(dir $(RELIABILITY_LEDGER)) && rm -f $(RELIABILITY_LEDGER)
+	OMNIOPD_RELIABILITY=full OMNIOPD_RELIABILITY_LEDGER=$(RELIABILITY_LEDGER) \
+	  $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
+	$(PY) tests/reliability/report.py $(RELIABILITY_LEDGER) --docs docs
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
