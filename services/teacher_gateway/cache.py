@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from omniopd.gateway.config import TeacherConfig
-from omniopd.gateway.outage import Outage
+from omniopd.gateway.outage import Outage, reconnect_once
 from omniopd.gateway.providers.base import Chunk, SampleParams, SampleResult
 
 T = TypeVar("T")
@@ -165,7 +165,10 @@ class RedisCache:
         import redis.asyncio as aioredis
 
         self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=reconnect_once(),
         )
         self._prefix = f"{prefix}cache:"
         self._ttl_ms = int(ttl_s * 1000)

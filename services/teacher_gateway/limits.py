@@ -34,7 +34,7 @@ from limits.errors import StorageError
 
 from omniopd.gateway.config import Limits, TeacherConfig
 from omniopd.gateway.errors import GatewayError
-from omniopd.gateway.outage import Outage
+from omniopd.gateway.outage import Outage, reconnect_once
 
 NAMESPACE = "omniopd"
 MIN_POLL_S = 0.005
@@ -80,6 +80,7 @@ class RateStore:
                 wrap_exceptions=True,
                 socket_timeout=0.5,
                 socket_connect_timeout=0.5,
+                retry=reconnect_once(),
             )
             self._shared = SlidingWindowCounterRateLimiter(storage)
         self._outage = Outage("rate limits", "limiting in this process only")
@@ -156,7 +157,9 @@ class RedisSlots:
     def __init__(self, url: str, key: str, capacity: int, lease_s: float) -> None:
         import redis.asyncio as aioredis
 
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=reconnect_once()
+        )
         self._key = key
         self._capacity = capacity
         self._lease_ms = int(lease_s * 1000)
