@@ -30,3 +30,4 @@ class Run:
     fork_rng: random.Random = field(default_factory=random.Random)
     teacher_chars_per_token: CharsPerToken = field(default_factory=lambda: CharsPerToken(4.0))
     extras: dict[str, Any] = field(default_factory=dict)  # per-method state (e.g. SFT cache)
+    step: int = 0  # the step being taken, from 1 (set by the trainer before each step)

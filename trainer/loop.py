@@ -35,7 +35,7 @@ from omniopd.trainer.models import continuation_logits, encode_prompts, token_lo
 from omniopd.trainer.retry import Counters
 from omniopd.trainer.rollout import Rollout, rollout
 from omniopd.trainer.scores import ForkScores, ScoreSettings
-from omniopd.trainer.teacher import TeacherRequest, teacher_max_tokens
+from omniopd.trainer.teacher import TeacherRequest, request_seed, teacher_max_tokens
 from omniopd.trainer.update import kl_anchor_backward, optimizer_step, policy_gradient_backward
 
 log = logging.getLogger("omniopd.trainer")
@@ -85,7 +85,9 @@ def teacher_requests(
     """Step 4's requests: teacher chunks sized to cover about as much text as a draft.
 
     The student's characters per token are measured on this step's drafts, the teacher's on
-    its earlier replies (a configured guess until the first arrive).
+    its earlier replies (a configured guess until the first arrive). Each request carries a
+    sampling seed derived from the run's seed, the step and the fork (``request_seed``), so a
+    resumed run asks the teacher exactly what the uninterrupted one would have.
     """
     cfg, services = run.config, run.services
     assert services is not None
@@ -104,6 +106,7 @@ def teacher_requests(
             partial_answer=partials[i],
             n=cfg.teacher_samples,
             max_tokens=max_tokens,
+            seed=request_seed(cfg.seed, run.step, i, dist_utils.rank()),
         )
         for i in forks
     ]

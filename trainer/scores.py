@@ -10,6 +10,7 @@ left out of the loss.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from omniopd.trainer.teacher import TeacherReply
 from omniopd.verifier.client import AsyncVerifierClient, VerifierHTTPError
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+log = logging.getLogger("omniopd.trainer")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,16 @@ async def with_retries(
             if not transient or attempt == policy.max_retries:
                 raise
             counters.verifier_retries += 1
-            await asyncio.sleep(policy.delay(attempt))
+            delay = policy.delay(attempt)
+            log.warning(
+                "verifier call failed (%s: %s): retry %d of %d in %.2f s",
+                type(err).__name__,
+                err,
+                attempt + 1,
+                policy.max_retries,
+                delay,
+            )
+            await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 
 

@@ -3,7 +3,7 @@
 Every fork's request goes out at once on one ``StreamChunks`` call; replies come back in
 completion order and are yielded as they arrive, so step 5 can score the first forks while the
 teacher still writes the last. Text only: the prompt as a user message, the student's response
-so far as ``partial_answer``.
+so far as ``partial_answer``, and a sampling seed per fork (:func:`request_seed`).
 
 A failed request (an ``error`` in its reply) is re-sent on the same stream when its status is
 transient; a broken stream is reopened for the requests still pending. Both are retries,
@@ -13,6 +13,8 @@ counted; a fork whose retries run out is yielded as failed, never as empty chunk
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ RETRYABLE = frozenset(
 )
 CODES = {c.value[0]: c for c in grpc.StatusCode}
 
+log = logging.getLogger("omniopd.trainer")
+
 
 @dataclass(frozen=True)
 class TeacherRequest:
@@ -43,6 +47,19 @@ class TeacherRequest:
     partial_answer: str
     n: int
     max_tokens: int
+    seed: int | None = None  # the teacher's sampling seed (see request_seed); None: none sent
+
+
+def request_seed(run_seed: int, step: int, fork: int, rank: int = 0) -> int:
+    """The teacher's sampling seed for fork ``fork`` of step ``step`` on rank ``rank``.
+
+    A hash of the four, in [0, 2^31): every run with the same ``seed`` asks the same fork of
+    the same step with the same seed, whether the request is fresh, retried, redone after a
+    resume or answered from the gateway's cache, so a teacher that honours seeds (``hf``, vLLM)
+    returns the same samples; other forks and steps get other seeds, hence other samples.
+    """
+    key = f"{run_seed}/{step}/{rank}/{fork}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % 2**31
 
 
 @dataclass(frozen=True)
@@ -88,7 +105,7 @@ class CharsPerToken:
 def to_proto(
     request: TeacherRequest, *, teacher: str, temperature: float
 ) -> gateway_pb2.SampleRequest:
-    return gateway_pb2.SampleRequest(
+    proto = gateway_pb2.SampleRequest(
         request_id=str(request.fork),
         teacher=teacher,
         messages=[gateway_pb2.Message(role="user", content=request.prompt)],
@@ -97,6 +114,9 @@ def to_proto(
         max_tokens=request.max_tokens,
         temperature=temperature,
     )
+    if request.seed is not None:
+        proto.seed = request.seed
+    return proto
 
 
 def status_hint(status: status_pb2.Status) -> float | None:
@@ -156,6 +176,15 @@ async def stream_teacher(
                         delay = policy.delay(attempts[rid], status_hint(reply.error))
                         attempts[rid] += 1
                         counters.teacher_retries += 1
+                        log.debug(
+                            "teacher request for fork %s failed (%s: %s): retry %d of %d in %.2f s",
+                            rid,
+                            code.name,
+                            reply.error.message,
+                            attempts[rid],
+                            policy.max_retries,
+                            delay,
+                        )
                         task = asyncio.create_task(send(req, delay))
                         resends.add(task)
                         task.add_done_callback(resends.discard)
@@ -180,8 +209,16 @@ async def stream_teacher(
             retryable = code is None or code in RETRYABLE
             if retryable and stream_attempt < policy.max_retries:
                 counters.teacher_retries += 1
-                await asyncio.sleep(policy.delay(stream_attempt))
+                delay = policy.delay(stream_attempt)
                 stream_attempt += 1
+                log.warning(
+                    "teacher stream failed (%s): reopening it, retry %d of %d in %.2f s",
+                    reason,
+                    stream_attempt,
+                    policy.max_retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
                 continue
             for rid, req in list(pending.items()):
                 del pending[rid]

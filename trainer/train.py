@@ -298,6 +298,7 @@ class Trainer:
         try:
             while self.state.step < cfg.steps:
                 t0 = time.perf_counter()
+                self.run.step = self.state.step + 1
                 with self.autocast():
                     local = step_fn(self.run, self.next_examples())
                 self.state.step += 1

@@ -13,8 +13,10 @@ from omniopd.trainer.teacher import (
     CharsPerToken,
     TeacherReply,
     TeacherRequest,
+    request_seed,
     stream_teacher,
     teacher_max_tokens,
+    to_proto,
 )
 from omniopd.verifier.client import AsyncVerifierClient
 
@@ -86,6 +88,42 @@ def test_unreachable_gateway_mid_run_fails_every_fork_after_retries():
     replies = asyncio.run(collect("127.0.0.1:1", "toy", requests(3), counters))
     assert len(replies) == 3 and all(not r.ok for r in replies)
     assert counters.teacher_retries == FAST.max_retries  # the stream is retried as a whole
+
+
+def test_request_seed_depends_on_run_seed_step_fork_and_rank_only():
+    seed = request_seed(7, step=3, fork=1)
+    assert seed == request_seed(7, 3, 1, rank=0) and 0 <= seed < 2**31
+    others = {request_seed(8, 3, 1), request_seed(7, 4, 1), request_seed(7, 3, 2)}
+    others.add(request_seed(7, 3, 1, rank=1))
+    assert len(others) == 4 and seed not in others
+    req = requests(1)[0]
+    assert not to_proto(req, teacher="toy", temperature=1.0).HasField("seed")
+    seeded = TeacherRequest(**{**vars(req), "seed": seed})
+    assert to_proto(seeded, teacher="toy", temperature=1.0).seed == seed
+
+
+def test_a_seeded_request_gets_the_same_samples_fresh_as_cached(gateway):
+    """The hf teacher honours the trainer's seed: the same fork asked again with its seed gets
+    the same samples whether the gateway's cache answers or the model samples afresh
+    (``cache: false``); another seed gets others."""
+
+    def sample(seed: int, cache: bool) -> tuple[list[str], bool]:
+        req = TeacherRequest(
+            fork=0, prompt="Q: 12+3*4=?", partial_answer="3*4=", n=3, max_tokens=8, seed=seed
+        )
+        proto = to_proto(req, teacher="toy", temperature=1.0)
+        proto.cache = cache
+        with grpc.insecure_channel(gateway) as channel:
+            reply = gateway_pb2_grpc.TeacherGatewayStub(channel).SampleChunks(proto, timeout=60)
+        return [c.text for c in reply.chunks], reply.cached
+
+    seed = request_seed(7, step=1, fork=0)
+    first, _ = sample(seed, cache=True)
+    again, cached = sample(seed, cache=True)
+    fresh, fresh_cached = sample(seed, cache=False)
+    assert cached and not fresh_cached
+    assert first == again == fresh and len(first) == 3
+    assert sample(request_seed(7, step=2, fork=0), cache=False)[0] != first
 
 
 async def replies_in_waves(waves: list[list[TeacherReply]], pause_s: float):
