@@ -23,8 +23,7 @@ from omniopd.gateway.config import GatewayConfig
 from omniopd.gateway.core import DEFAULT_PREFIX, Gateway
 from omniopd.gateway.metrics import GatewayMetrics
 from omniopd.gateway.retry import DEFAULT_BACKOFF, Backoff
-from omniopd.gateway.service import SERVICE_NAME, TeacherGatewayService
-from omniopd.proto.v1 import gateway_pb2_grpc as pb_grpc
+from omniopd.gateway.service import SERVICE_NAME, TeacherGatewayService, add_to_server
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +90,7 @@ async def create_server(
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_TeacherGatewayServicer_to_server(
-            TeacherGatewayService(gateway, token=token), server
-        )
+        add_to_server(TeacherGatewayService(gateway, token=token), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for name in ("", SERVICE_NAME):

@@ -2,7 +2,8 @@
 
 Translation only: wire request -> :func:`validate` -> :meth:`Gateway.sample` -> wire reply, and
 :class:`GatewayError` -> gRPC status (with ``google.rpc.RetryInfo`` where waiting helps). No
-failure of one request ends a stream or reaches a client as ``UNKNOWN``.
+failure of one request ends a stream or reaches a client as ``UNKNOWN``: not even bytes that do
+not parse as the request message (:func:`add_to_server` hands them on as :class:`Malformed`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from omniopd.gateway.config import CHAT_PROVIDERS
 from omniopd.gateway.core import Gateway, Sampled
@@ -30,6 +32,35 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TeacherGateway"].full_name
 MAX_STREAM_IN_FLIGHT = 1024
 # The metrics label of requests naming no configured teacher (names from clients are unbounded).
 UNKNOWN_TEACHER = "_unknown"
+
+
+class Malformed:
+    """Request bytes that did not parse as the RPC's message; answered ``INVALID_ARGUMENT``.
+
+    gRPC would end the call (a whole stream, with the replies still owed on it) as ``UNKNOWN``
+    if deserialising raised, so the deserialiser returns this instead and the handler refuses it
+    like any other bad request.
+    """
+
+    request_id = ""
+    teacher = ""
+
+    def __init__(self, message_type: str, error: DecodeError) -> None:
+        # DecodeError says "Error parsing message with type '...': <what>"; keep the what.
+        why = str(error).rpartition(": ")[2] or "cannot be parsed"
+        self.message = f"request: not a valid {message_type} message ({why})"
+
+
+def _parse(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    name = message_type.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as err:
+            return Malformed(name, err)
+
+    return parse
 
 
 def _reply(request_id: str, teacher: str, sampled: Sampled) -> pb.SampleReply:
@@ -77,12 +108,14 @@ class TeacherGatewayService(pb_grpc.TeacherGatewayServicer):
         return time.monotonic() + budget
 
     async def _sample(
-        self, request: pb.SampleRequest, time_remaining: float | None
+        self, request: pb.SampleRequest | Malformed, time_remaining: float | None
     ) -> pb.SampleReply:
         """The reply to ``request``, or :class:`GatewayError` (every failure becomes one)."""
         teacher = request.teacher if request.teacher in self.gateway.teachers else UNKNOWN_TEACHER
         code = grpc.StatusCode.OK
         try:
+            if isinstance(request, Malformed):
+                raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
             valid = validate(request, self.gateway.config, self.gateway.teacher_configs)
             deadline = self._deadline(valid, time_remaining)
             sampled = await self.gateway.sample(valid, deadline)
@@ -158,9 +191,11 @@ class TeacherGatewayService(pb_grpc.TeacherGatewayServicer):
                 task.cancel()
 
     async def ListTeachers(
-        self, request: pb.ListTeachersRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListTeachersRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.ListTeachersReply:
         await self._authorize(context)
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         out = []
         for t in self.gateway.teachers.values():
             c = t.config
@@ -184,3 +219,27 @@ class TeacherGatewayService(pb_grpc.TeacherGatewayServicer):
                 )
             )
         return pb.ListTeachersReply(teachers=out)
+
+
+def add_to_server(service: TeacherGatewayService, server: grpc.aio.Server) -> None:
+    """Register ``service`` as the generated ``add_TeacherGatewayServicer_to_server`` does, with
+    deserialisers that turn unparseable bytes into :class:`Malformed` instead of raising."""
+    handlers = {
+        "SampleChunks": grpc.unary_unary_rpc_method_handler(
+            service.SampleChunks,
+            request_deserializer=_parse(pb.SampleRequest),
+            response_serializer=pb.SampleReply.SerializeToString,
+        ),
+        "StreamChunks": grpc.stream_stream_rpc_method_handler(
+            service.StreamChunks,
+            request_deserializer=_parse(pb.SampleRequest),
+            response_serializer=pb.SampleReply.SerializeToString,
+        ),
+        "ListTeachers": grpc.unary_unary_rpc_method_handler(
+            service.ListTeachers,
+            request_deserializer=_parse(pb.ListTeachersRequest),
+            response_serializer=pb.ListTeachersReply.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

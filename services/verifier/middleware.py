@@ -43,8 +43,9 @@ class MetricsMiddleware:
 
 
 class BodyLimitMiddleware:
-    """413 in the error envelope, before reading it, for a body whose Content-Length header is
-    past ``max_bytes`` (a chunked body has no length up front; the text limits still apply)."""
+    """413 in the error envelope for a body past ``max_bytes``: before reading any of it when its
+    Content-Length header says so, and at the first chunk past the limit for a chunked body
+    (which has no length up front), without reading the rest."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -68,8 +69,35 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._reject(send, length.decode())
             return
+        if length is None and b"transfer-encoding" in headers:
+            await self._chunked(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    async def _chunked(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the body here, up to the limit (the app would read all of it anyway before
+        parsing), then hand it on; refuse it at the first chunk past the limit."""
+        received: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request":
+                break  # the client went away; the app sees that too
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._reject(send, f"more than {self.max_bytes}")
+                return
+            if not message.get("more_body", False):
+                break
+        pending = iter(received)
+
+        async def replay() -> Message:
+            return next(pending, None) or await receive()
+
+        await self.app(scope, replay, send)

@@ -1,7 +1,9 @@
 """Request and response models of the verifier's HTTP API, shared by the server and the client.
 
 Only pydantic is imported here, so ``omniopd.verifier.client`` loads without torch, FastAPI or
-sentence-transformers.
+sentence-transformers. Scalar request fields are strict: a value must have the JSON type the
+schema gives it (``0`` is not ``false``, ``"2"`` is not ``2``), so the API accepts what its
+OpenAPI schema describes.
 """
 
 from __future__ import annotations
@@ -45,12 +47,17 @@ class ScoreRequest(BaseModel):
     groups: list[Group] = Field(min_length=1)
     metric: Metric | None = None
     prior: Prior | None = None
-    alpha: float | None = Field(None, ge=ALPHA_MIN, le=ALPHA_MAX, allow_inf_nan=False)
+    alpha: float | None = Field(None, ge=ALPHA_MIN, le=ALPHA_MAX, allow_inf_nan=False, strict=True)
     reward: Reward | None = None
-    normalize_advantage: bool | None = None
+    normalize_advantage: bool | None = Field(None, strict=True)
     posterior: Posterior | None = None
     hybrid_weight: float | None = Field(
-        None, ge=0.0, le=1.0, allow_inf_nan=False, description="weight of `embedding` in hybrid"
+        None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        strict=True,
+        description="weight of `embedding` in hybrid",
     )
 
 
@@ -96,7 +103,9 @@ class EmbeddingRequest(BaseModel):
     )
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, description="must equal the model's, if given")
+    dimensions: int | None = Field(
+        None, ge=1, strict=True, description="must equal the model's, if given"
+    )
     user: str | None = None
 
 

@@ -112,6 +112,28 @@ async def test_oversize_requests_are_invalid_argument_not_a_transport_error(gw):
     assert "limit of 2000" in err.details()
 
 
+async def test_bytes_that_are_no_request_are_invalid_argument_and_a_stream_stays_open(gw):
+    running, state = gw
+    unary = running.channel.unary_unary("/omniopd.v1.TeacherGateway/SampleChunks")
+    err = await call_error(unary(b"\xff" * 8))  # bytes in, no serializer
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request: not a valid omniopd.v1.SampleRequest message" in err.details()
+
+    stream = running.channel.stream_stream("/omniopd.v1.TeacherGateway/StreamChunks")
+
+    async def source():
+        yield request("claude", max_tokens=8, request_id="before").SerializeToString()
+        yield b"\x0a\x05ab"  # request_id, cut short
+        yield request("claude", max_tokens=8, request_id="after").SerializeToString()
+
+    replies = [pb.SampleReply.FromString(r) async for r in stream(source())]
+    answered = sorted(r.request_id for r in replies if r.chunks)
+    failed = [r.error for r in replies if not r.chunks]
+    assert answered == ["after", "before"] and len(failed) == 1
+    assert failed[0].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert len(state.requests) == 1  # "after" is the same request as "before": cached
+
+
 roles = st.sampled_from(["user", "assistant", "system", "tool", ""])
 messages = st.lists(
     st.builds(pb.Message, role=roles, content=st.text(max_size=40)), min_size=0, max_size=7

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -147,6 +149,11 @@ ok_group = {"drafts": ["a"], "teacher": ["b"]}
         ({"groups": [ok_group], "reward": "kl"}, "reward"),
         ({"groups": [ok_group], "posterior": "gaussian"}, "posterior"),
         ({"groups": [ok_group], "hybrid_weight": 1.5}, "hybrid_weight"),
+        # Values of another JSON type than the schema's are refused, not coerced.
+        ({"groups": [ok_group], "normalize_advantage": 0.0}, "normalize_advantage"),
+        ({"groups": [ok_group], "normalize_advantage": "true"}, "normalize_advantage"),
+        ({"groups": [ok_group], "alpha": "2"}, "alpha"),
+        ({"groups": [ok_group], "hybrid_weight": "0.5"}, "hybrid_weight"),
         ({"groups": [{"drafts": ["a", ["b"]], "teacher": ["c"]}]}, "groups[0].drafts[1]"),  # ragged
         ({"groups": [{"drafts": [["a"], ["b"]], "teacher": ["c"]}]}, "groups[0].drafts[0]"),
         ({"groups": [{"drafts": ["a"], "teacher": "c"}]}, "groups[0].teacher"),
@@ -212,6 +219,30 @@ def test_too_large_requests_get_413_with_the_limit(small, body, param, limit, se
     error = assert_error(httpx.post(f"{small.url}/v1/score", json=body), 413, param)
     assert str(limit) in error["message"]
     assert f"OMNIOPD_VERIFIER_{setting}" in error["message"]
+
+
+def test_chunked_bodies_are_held_to_the_byte_limit(small):
+    """A chunked body has no Content-Length: it is counted as it arrives, refused past the limit
+    (tests/reliability/test_size_caps.py shows the rest is never read) and served within it."""
+
+    def chunks(body: dict):
+        data = json.dumps(body).encode()
+        yield from (data[at : at + 512] for at in range(0, len(data), 512))
+
+    headers = {"content-type": "application/json"}
+    over = {"groups": [ok_group], "pad": "x" * 4096}
+    response = httpx.post(f"{small.url}/v1/score", content=chunks(over), headers=headers)
+    error = assert_error(response, 413, "body")
+    assert "more than 2048 bytes" in error["message"] and "MAX_BODY_BYTES" in error["message"]
+    ok = chunks({"groups": [ok_group]})
+    response = httpx.post(f"{small.url}/v1/score", content=ok, headers=headers)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("dimensions", [384.0, "384"])
+def test_embeddings_dimensions_must_be_a_json_integer(verifier, dimensions):
+    body = {"input": ["a"], "dimensions": dimensions}
+    assert_error(httpx.post(f"{verifier.url}/v1/embeddings", json=body), 422, "dimensions")
 
 
 def test_embeddings_limits_name_the_input(small):

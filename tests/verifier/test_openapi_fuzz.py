@@ -53,17 +53,21 @@ PLAN = [
 ]
 
 
+# Also the server of tests/reliability/test_fuzz.py, which fuzzes every operation at scale.
+SETTINGS = {
+    "token": TOKEN,
+    "max_groups": 4,
+    "max_texts": 16,
+    "max_queue_texts": 256,
+    "max_text_chars": 64,
+    "max_request_chars": 512,
+    "max_body_bytes": 32_768,
+}
+
+
 @pytest.fixture(scope="module")
 def fuzz_server(start_server):
-    return start_server(
-        token=TOKEN,
-        max_groups=4,
-        max_texts=16,
-        max_queue_texts=256,
-        max_text_chars=64,
-        max_request_chars=512,
-        max_body_bytes=32_768,
-    )
+    return start_server(**SETTINGS)
 
 
 def fuzz(operation, mode: GenerationMode, max_examples: int, statuses: Counter) -> None:
