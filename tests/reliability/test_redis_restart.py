@@ -11,8 +11,9 @@ provider in the SDK's wire format against a LOCAL STAND-IN of the Messages API
 Several gateway clients (one gRPC channel each) and verifier clients keep sending before, during
 and after each outage; some repeat earlier requests (cache hits while Redis is up), some are new.
 Every request must succeed, throughout. The cache-error counters of both services show the
-outage; recovery is polled for (a new request twice: the second a hit), not waited out. After
-the last restart the gateway's request budget and concurrency leases are read in the new Redis.
+outage; recovery is polled for, not waited out: a new request twice, the second a hit, in each
+service, then the gateway's requests/min counted and its concurrency leases taken in the new
+(empty) Redis. With the load stopped, five new requests are exactly five units there.
 
 The second test is the regression test for connections that sat idle in a pool while Redis
 restarted: each must reconnect instead of failing a command and switching Redis off again.
@@ -84,7 +85,7 @@ def verifier(redis_server, embedder):
     )
     service = VerifierService(settings, embedder=embedder)
     server = VerifierThread(build_app(service)).start()
-    yield server, service, prefix
+    yield server
     server.stop()
 
 
@@ -200,7 +201,7 @@ async def test_redis_killed_and_restarted_under_load(
     monkeypatch.setenv(KEY_ENV, KEY)
     server, state = standin
     state.reset()
-    vserver, _, vprefix = verifier
+    vserver = verifier
     gprefix = f"omniopd-test:{uuid.uuid4().hex[:8]}:gw:"
     limits = {"requests_per_minute": 1_000_000, "max_concurrency": 64, "max_queue_wait_s": 30}
     config = {"teachers": [anthropic_teacher(server.url, KEY_ENV, limits=limits, timeout_s=10)]}
@@ -216,6 +217,23 @@ async def test_redis_killed_and_restarted_under_load(
 
         def v_errors() -> float:
             return verifier_metric(vserver.url, "omniopd_verifier_cache_errors_total")
+
+        def limit_units() -> int:
+            """Units of requests_per_minute the gateway counted in Redis (all window keys)."""
+            with redis_server.client() as client:
+                keys = list(client.scan_iter(match=f"{gprefix}limits*"))
+                return sum(int(v) for v in client.mget(keys) if v is not None) if keys else 0
+
+        def leases(count: int | None = None) -> bool:
+            """Concurrency leases in Redis: exactly ``count``, or (None) at least one."""
+            with redis_server.client() as client:
+                held = client.zcard(f"{gprefix}slots:claude")
+            return held >= 1 if count is None else held == count
+
+        def fresh_request(content: str) -> pb.SampleRequest:
+            return pb.SampleRequest(
+                teacher="claude", messages=[pb.Message(role="user", content=content)], n=1
+            )
 
         async def probe_gateway() -> bool:
             """A new request, twice: the second must come from the cache (one backend call)."""
@@ -270,71 +288,45 @@ async def test_redis_killed_and_restarted_under_load(
                 await poll(probe_gateway, f"the gateway's cache after restart {cycle}")
                 gw_back = time.monotonic() - restarted_at
                 await poll(probe_verifier, f"the verifier's cache after restart {cycle}")
+                verifier_back = time.monotonic() - restarted_at
                 tally.outage = False
+                # Shared limits are back in Redis, which came back empty: the load's calls are
+                # counted there again and take their concurrency leases there.
+                await poll(lambda: asyncio.to_thread(limit_units), "rate limits in Redis")
+                await poll(lambda: asyncio.to_thread(leases), "leases in Redis", every=0.01)
+                limits_back = time.monotonic() - restarted_at
                 errors = (gw_errors(), await asyncio.to_thread(v_errors))
                 cycles.append(
                     {
                         "down_s": round(restarted_at - killed_at, 1),
                         "gateway_back_s": round(gw_back, 1),
-                        "verifier_back_s": round(time.monotonic() - restarted_at, 1),
+                        "verifier_back_s": round(verifier_back, 1),
+                        "limits_back_s": round(limits_back, 1),
                         "cache_errors": [int(errors[0] - before[0]), int(errors[1] - before[1])],
                     }
                 )
-            # Once back, Redis stays in use: no more cache errors while the load goes on.
-            after = (gw_errors(), await asyncio.to_thread(v_errors))
-            await poll(probe_gateway, "the gateway's cache a while after the restart")
-            await poll(probe_verifier, "the verifier's cache a while after the restart")
         finally:
             stop.set()
             await asyncio.gather(*workers)
-        assert (gw_errors(), await asyncio.to_thread(v_errors)) == after
 
-        client = redis_server.client()
-        try:
-            # Shared limits count in the restarted Redis again: each backend call is one unit
-            # of requests_per_minute there (summed over the limiter's window keys).
-            def limit_units() -> int:
-                keys = list(client.scan_iter(match=f"{gprefix}limits*"))
-                return sum(int(v) for v in client.mget(keys) if v is not None) if keys else 0
-
-            units = limit_units()
-            calls = len(state.requests)
-            for i in range(5):
-                reply = await gw.stub.SampleChunks(
-                    pb.SampleRequest(
-                        teacher="claude",
-                        messages=[pb.Message(role="user", content=f"After {i}: 3 + {i}?")],
-                        n=1,
-                    ),
-                    timeout=60,
-                )
-                assert reply.chunks and not reply.cached
-            probes += 5
-            assert len(state.requests) - calls == 5
-            assert limit_units() - units == 5
-            # ... and a concurrency slot is a lease in it while a call is under way.
-            state.inject(Fault(delay=1.0))
-            slow = asyncio.ensure_future(
-                gw.stub.SampleChunks(
-                    pb.SampleRequest(
-                        teacher="claude",
-                        messages=[pb.Message(role="user", content="A slow one: 1 + 1?")],
-                        n=1,
-                    ),
-                    timeout=60,
-                )
-            )
-
-            async def lease_held() -> bool:
-                return client.zcard(f"{gprefix}slots:claude") == 1
-
-            await poll(lease_held, "a concurrency lease in the restarted Redis", every=0.02)
-            assert (await slow).chunks
-            probes += 1
-            assert client.zcard(f"{gprefix}slots:claude") == 0  # released in Redis
-            assert any(True for _ in client.scan_iter(match=f"{vprefix}*"))  # embeddings
-        finally:
-            client.close()
+        # Exactly: with the load stopped, one new request is one backend call and one unit of
+        # requests_per_minute in Redis, and a call under way holds a lease there.
+        calls = len(state.requests)
+        units = await asyncio.to_thread(limit_units)
+        for i in range(5):
+            reply = await gw.stub.SampleChunks(fresh_request(f"After {i}: 3 + {i}?"), timeout=60)
+            assert reply.chunks and not reply.cached
+        probes += 5
+        assert len(state.requests) - calls == 5
+        assert await asyncio.to_thread(limit_units) - units == 5
+        state.inject(Fault(delay=1.0))
+        slow = asyncio.ensure_future(
+            gw.stub.SampleChunks(fresh_request("A slow one: 1 + 1?"), timeout=60)
+        )
+        await poll(lambda: asyncio.to_thread(leases, 1), "the slow call's lease", every=0.02)
+        assert (await slow).chunks
+        probes += 1
+        assert await asyncio.to_thread(leases, 0)  # released in Redis
 
     assert not tally.failures, f"{len(tally.failures)} failed, e.g. {tally.failures[:3]}"
     requests = sum(tally.ok.values()) + probes
