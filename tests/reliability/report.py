@@ -21,6 +21,33 @@ from pathlib import Path
 COUNTS = ("requests", "faults_injected", "recovered", "failed_alone", "lost")
 RUN_ALL = "make reliability"
 
+# What "requests", "faults", "recovered" and "failed alone" count in each section's tests.
+MEANING = {
+    "provider faults": "requests: gateway requests (one stream plus unary calls) against the "
+    "Anthropic and OpenAI wire-format stand-ins; faults: 429s, 5xx, slow answers, dropped "
+    "connections and non-JSON bodies the stand-ins served; recovered: requests that met at "
+    "least one fault and succeeded; failed alone: requests whose every attempt was faulted, "
+    "answered with the last fault's status while the stream stayed open",
+    "redis restart": "requests: gateway and verifier requests under load; faults: SIGKILLs of "
+    "the private redis-server; recovered: requests answered while Redis was down or not yet "
+    "back in use (none failed)",
+    "service kills": "requests: forks the trainer sent to the teacher; faults: SIGKILLs of the "
+    "gateway and the verifier; recovered: forks scored in steps that needed retries; failed "
+    "alone: forks counted as failed during the outages (the steps still finished)",
+    "trainer kills": "requests and faults: SIGKILLs of the trainer, each followed by --resume; "
+    "recovered: resumes that got past the step their kill landed in",
+    "fuzzing": "requests and fuzz cases: schemathesis calls to the verifier",
+    "bad input": "requests: malformed gRPC requests (every SampleRequest field, raw bytes); "
+    "failed alone: those refused with the precise status, no provider call",
+    "auth": "requests: calls with missing or wrong credentials and to the open health "
+    "endpoints; failed alone: those refused",
+    "size caps": "requests: oversize requests; failed alone: those refused before the body "
+    "was read",
+    "canary": "requests: calls made while canary secrets were set; every log line, error, "
+    "metric and Redis key was scanned for them",
+    "soak": "requests: calls during the measured period of each soak (zero errors allowed)",
+}
+
 
 def rerun(test: str) -> str:
     return f"OMNIOPD_RELIABILITY=full .venv/bin/python -m pytest '{test}'"
@@ -116,6 +143,10 @@ def markdown(rows: list[dict], summary: dict) -> str:
                 f"{fmt(n.get('p50_ms'))} | {fmt(r['soak_p99_ms'])} | "
                 f"{fmt(r['soak_rss_growth'], '%')} |"
             )
+    lines += ["", "## What each section counts", ""]
+    lines += [
+        f"- **{name}**: {MEANING.get(name, 'see its tests')}." for name in summary["sections"]
+    ]
     lines += ["", "## Commands", "", f"Everything: `{RUN_ALL}`. One section's tests:", ""]
     for name, s in summary["sections"].items():
         lines.append(f"- {name}:")
