@@ -90,7 +90,9 @@ def fmt(value, unit: str = "") -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.3g}{unit}" if unit != "%" else f"{100 * value:+.1f} %"
+        if unit == "%":
+            return f"{100 * value:+.1f} %"
+        return f"{value:,.0f}{unit}" if abs(value) >= 100 else f"{value:.3g}{unit}"
     return f"{value:,}{unit}"
 
 
