@@ -14,6 +14,7 @@ import grpc
 
 from omniopd.gateway.config import GatewayConfig, TeacherConfig
 from omniopd.gateway.errors import GatewayError
+from omniopd.gateway.providers.anthropic import MAX_TEMPERATURE as ANTHROPIC_MAX_TEMPERATURE
 from omniopd.gateway.providers.base import Message, SampleParams
 from omniopd.proto.v1 import gateway_pb2 as pb
 
@@ -115,8 +116,11 @@ def validate(
             f"max_tokens: {max_tokens} is outside 1..{teacher.max_tokens} ({where} max_tokens)"
         )
     temperature = request.temperature if request.HasField("temperature") else DEFAULT_TEMPERATURE
-    if not 0.0 <= temperature <= 2.0:  # also refuses NaN
-        raise _invalid(f"temperature: {temperature} is outside [0, 2]")
+    # The Messages API takes [0, 1]; refused here, before the limits count it as a backend call.
+    highest = ANTHROPIC_MAX_TEMPERATURE if teacher.provider == "anthropic" else 2.0
+    if not 0.0 <= temperature <= highest:  # also refuses NaN
+        why = f" ({where}: the Anthropic API's maximum)" if highest < 2.0 else ""
+        raise _invalid(f"temperature: {temperature} is outside [0, {highest:g}]{why}")
     top_p = request.top_p if request.HasField("top_p") else DEFAULT_TOP_P
     if not 0.0 < top_p <= 1.0:
         raise _invalid(f"top_p: {top_p} is outside (0, 1]")

@@ -47,7 +47,8 @@ BAD = [
     (req(n=5), "INVALID_ARGUMENT", ["n: 5", "1..4"]),
     (req(max_tokens=65), "INVALID_ARGUMENT", ["max_tokens: 65", "1..64"]),
     (req(max_tokens=0), "INVALID_ARGUMENT", ["max_tokens: 0"]),
-    (req(temperature=2.01), "INVALID_ARGUMENT", ["temperature: 2.01", "[0, 2]"]),
+    (req(temperature=2.01), "INVALID_ARGUMENT", ["temperature: 2.01", "[0, 1]"]),
+    (req(temperature=1.5), "INVALID_ARGUMENT", ["temperature: 1.5", "[0, 1]", "Anthropic API's maximum"]),
     (req(temperature=-0.1), "INVALID_ARGUMENT", ["temperature"]),
     (req(temperature=float("nan")), "INVALID_ARGUMENT", ["temperature: nan"]),
     (req(top_p=0.0), "INVALID_ARGUMENT", ["top_p: 0.0", "(0, 1]"]),
@@ -165,3 +166,27 @@ async def test_any_request_gets_a_precise_answer_never_unknown_or_internal(gw, b
         assert ":" in err.details()  # "field: what is wrong"
     else:
         assert len(reply.chunks) == bad.n
+
+
+def test_temperature_range_is_the_providers():
+    """[0, 2] for every provider but anthropic, whose Messages API takes [0, 1]; refused before
+    the limits, so a request the provider would refuse never counts as a backend call."""
+    from omniopd.gateway.config import parse_config
+    from omniopd.gateway.errors import GatewayError
+    from omniopd.gateway.validation import validate
+
+    config = parse_config({"teachers": [
+        {"name": "gpt", "provider": "openai", "model": "m", "base_url": "http://127.0.0.1:9"},
+        {"name": "claude", "provider": "anthropic", "model": "m"},
+    ]})  # fmt: skip
+    teachers = {t.name: t for t in config.teachers}
+
+    def check(teacher: str, temperature: float) -> None:
+        validate(req(teacher=teacher, temperature=temperature), config, teachers)
+
+    check("gpt", 2.0)
+    check("claude", 1.0)
+    with pytest.raises(GatewayError, match=r"temperature: 1.5 is outside \[0, 1\]"):
+        check("claude", 1.5)
+    with pytest.raises(GatewayError, match=r"temperature: 2.5 is outside \[0, 2\]$"):
+        check("gpt", 2.5)
