@@ -24,8 +24,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from omniopd.gateway.config import TeacherConfig
-from omniopd.gateway.outage import Outage, reconnect_once
+from omniopd.gateway.outage import Outage
 from omniopd.gateway.providers.base import Chunk, SampleParams, SampleResult
+from omniopd.redis_retry import reconnect_once
 
 T = TypeVar("T")
 

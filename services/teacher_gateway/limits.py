@@ -34,7 +34,8 @@ from limits.errors import StorageError
 
 from omniopd.gateway.config import Limits, TeacherConfig
 from omniopd.gateway.errors import GatewayError
-from omniopd.gateway.outage import Outage, reconnect_once
+from omniopd.gateway.outage import Outage
+from omniopd.redis_retry import reconnect_once
 
 NAMESPACE = "omniopd"
 MIN_POLL_S = 0.005

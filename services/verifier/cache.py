@@ -16,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
+from omniopd.redis_retry import reconnect_once
+
 log = logging.getLogger(__name__)
 
 REDIS_RETRY_AFTER_S = 5.0
@@ -95,18 +97,12 @@ class RedisCache:
         on_error: Callable[[], None] | None = None,
     ) -> None:
         import redis.asyncio as redis_asyncio
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
 
-        # One immediate retry of a command whose connection died: after Redis restarts, pooled
-        # connections that sat idle still look open and the first command on each reads EOF.
-        # Without it each would fail once and keep the cache off for REDIS_RETRY_AFTER_S more.
-        # Timeouts are not retried: a hung Redis is an outage.
         self._client = redis_asyncio.Redis.from_url(
             url,
             socket_timeout=REDIS_TIMEOUT_S,
             socket_connect_timeout=REDIS_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis_asyncio.ConnectionError,)),
+            retry=reconnect_once(),  # stale pooled connections after a restart (see there)
         )
         self.prefix = prefix
         self.ttl_s = ttl_s
