@@ -20,17 +20,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.trainer.stack import TINY_OMNIOPD
 
-TINY_TRAINER = [
-    "--num-drafts", "3",
-    "--chunk-tokens", "4",
-    "--teacher-samples", "3",
-    "--fork-quantile", "0.5",
-    "--min-fork-entropy", "0",
-    "--max-forks", "2",
-    "--metric", "lexical",
-]  # fmt: skip
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +43,7 @@ def demo_command(world, out: Path, steps: int) -> list[str]:
         "--eval-every", "1",
         "--max-new-tokens", "16",
         "--no-redis",
-        "--", *TINY_TRAINER,
+        "--", *TINY_OMNIOPD,
     ]  # fmt: skip
 
 

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,6 +20,7 @@ from collections.abc import Iterable
 
 import redis
 
+from omniopd.stack import free_port
 from tests.gateway.standins.server import Fault, StandIn
 
 # Request ids look like ``rq-<tag>-00042``; a test puts the id in the prompt, so it reaches the
@@ -97,12 +97,6 @@ def install(state: StandIn) -> FaultPlan:
 # -- a private Redis ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PrivateRedis:
     """A ``redis-server`` of the test's own on 127.0.0.1, no persistence: a restart is empty.
 
@@ -112,7 +106,7 @@ class PrivateRedis:
 
     def __init__(self, port: int | None = None) -> None:
         self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.port = port or free_port()
+        self.port = port or free_port("127.0.0.1")
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.kills = 0

@@ -22,7 +22,7 @@ import yaml
 from omniopd.probe import grpc_ready, http_ready
 from omniopd.stack import console_script, free_port
 from omniopd.toy.world import ToyWorld, build_tiny
-from tests.trainer.stack import Process, service_env, train_command
+from tests.trainer.stack import Process, omniopd_args, service_env, train_command
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0  # a loaded two-core machine can take a minute to import torch
@@ -205,7 +205,6 @@ def omniopd_argv(
     """A small OmniOPD run on the CPU: 4 prompts a step, 3 drafts of 4 tokens, 3 teacher
     samples per fork, at most 2 forks per response, lexical similarity."""
     return [
-        "--method", "omniopd",
         "--device", "cpu",
         "--dtype", "float32",
         "--student", str(world.student),
@@ -217,16 +216,7 @@ def omniopd_argv(
         "--max-new-tokens", "20",
         "--eval-every", "0",
         "--lr", "1e-3",
-        "--gateway", gateway,
-        "--teacher", teacher,
-        "--verifier", verifier,
-        "--num-drafts", "3",
-        "--chunk-tokens", "4",
-        "--teacher-samples", "3",
-        "--fork-quantile", "0.5",
-        "--min-fork-entropy", "0",
-        "--max-forks", "2",
-        "--metric", "lexical",
+        *omniopd_args(gateway, verifier, teacher),
     ]  # fmt: skip
 
 

@@ -112,6 +112,17 @@ class SoakResult:
     def rss_growth(self) -> float:
         return (self.rss_mb_end - self.rss_mb_start) / self.rss_mb_start
 
+    def record(self, ledger: Any, **extra: Any) -> None:
+        """This soak's ledger entry (tests/reliability/conftest.py), ``extra`` in its notes."""
+        n = self.measured.requests
+        ledger.add(
+            "soak",
+            requests=n,
+            soak_p99_ms=self.p99_ms,
+            soak_rss_growth=self.rss_growth,
+            notes=self.notes(requests=n, **extra),
+        )
+
     def notes(self, **extra: Any) -> dict[str, Any]:
         """What report.py reads (name, clients, seconds, errors, p50_ms) and the rest."""
         return {

@@ -202,18 +202,12 @@ async def test_gateway_cache_misses(gateway, scale, ledger):
     assert counts["cache_hits"] == 0 and counts["shared_flights"] == 0, counts
     # The cache was full before the measured phase began (see the module's docstring).
     assert result.warmup.requests >= CACHE_ENTRIES, result.warmup.requests
-    ledger.add(
-        "soak",
-        requests=n,
-        soak_p99_ms=result.p99_ms,
-        soak_rss_growth=result.rss_growth,
-        notes=result.notes(
-            requests=n,
-            backend_delay_ms=DELAY_MS,
-            cache_max_entries=CACHE_ENTRIES,
-            limits="none (unlimited)",
-            **counts,
-        ),
+    result.record(
+        ledger,
+        backend_delay_ms=DELAY_MS,
+        cache_max_entries=CACHE_ENTRIES,
+        limits="none (unlimited)",
+        **counts,
     )
 
 
@@ -228,13 +222,7 @@ async def test_gateway_cache_hits(gateway, scale, ledger):
     assert counts["cache_hits"] == n, counts
     assert counts["cache_misses"] == 0 and counts["backend_calls"] == 0, counts
     assert counts["standin_calls"] == 0, counts
-    ledger.add(
-        "soak",
-        requests=n,
-        soak_p99_ms=result.p99_ms,
-        soak_rss_growth=result.rss_growth,
-        notes=result.notes(requests=n, distinct_requests=HOT, **counts),
-    )
+    result.record(ledger, distinct_requests=HOT, **counts)
 
 
 # --- the verifier ----------------------------------------------------------------------------
@@ -313,16 +301,10 @@ async def test_verifier(verifier, scale, ledger):
     assert hits > 0, (hits, misses)
     # The embedding cache was full before the measured phase began.
     assert result.warmup.requests * (DRAFTS + N - SHARED_PER_GROUP) >= EMBEDDING_CACHE
-    ledger.add(
-        "soak",
-        requests=n,
-        soak_p99_ms=result.p99_ms,
-        soak_rss_growth=result.rss_growth,
-        notes=result.notes(
-            requests=n,
-            texts_per_request=DRAFTS + N,
-            cache_hits=hits,
-            cache_misses=misses,
-            texts_embedded=embedded,
-        ),
+    result.record(
+        ledger,
+        texts_per_request=DRAFTS + N,
+        cache_hits=hits,
+        cache_misses=misses,
+        texts_embedded=embedded,
     )

@@ -10,6 +10,29 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+# A small OmniOPD step for tests on the tiny toy world: 3 drafts of 4 tokens, 3 teacher samples
+# per fork, at most 2 forks per response, lexical similarity (no embedding model to load).
+TINY_OMNIOPD = [
+    "--num-drafts", "3",
+    "--chunk-tokens", "4",
+    "--teacher-samples", "3",
+    "--fork-quantile", "0.5",
+    "--min-fork-entropy", "0",
+    "--max-forks", "2",
+    "--metric", "lexical",
+]  # fmt: skip
+
+
+def omniopd_args(gateway: str, verifier: str, teacher: str = "toy") -> list[str]:
+    """``omniopd-train`` flags for the method against these services, with :data:`TINY_OMNIOPD`."""
+    return [
+        "--method", "omniopd",
+        "--gateway", gateway,
+        "--teacher", teacher,
+        "--verifier", verifier,
+        *TINY_OMNIOPD,
+    ]  # fmt: skip
+
 
 def service_env(**extra: str) -> dict[str, str]:
     """Offline, one thread each: the machine has two cores for everything."""

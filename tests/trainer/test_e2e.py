@@ -24,7 +24,7 @@ from omniopd.trainer.checkpoint import latest_checkpoint, list_checkpoints, weig
 from omniopd.trainer.cli import main
 from omniopd.trainer.metrics import STEP_KEYS
 
-from .stack import Process, service_env, train_command
+from .stack import Process, omniopd_args, service_env, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -60,22 +60,6 @@ def common(world, out: Path, steps: int = 3) -> list[str]:
         "--eval-every", "0",
         "--save-every", "2",
         "--lr", "1e-3",
-    ]  # fmt: skip
-
-
-def omniopd_args(gateway: str, verifier: str, teacher: str = "toy") -> list[str]:
-    return [
-        "--method", "omniopd",
-        "--gateway", gateway,
-        "--teacher", teacher,
-        "--verifier", verifier,
-        "--num-drafts", "3",
-        "--chunk-tokens", "4",
-        "--teacher-samples", "3",
-        "--fork-quantile", "0.5",
-        "--min-fork-entropy", "0",
-        "--max-forks", "2",
-        "--metric", "lexical",
     ]  # fmt: skip
 
 
