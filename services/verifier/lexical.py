@@ -1,4 +1,6 @@
-"""The ``lexical`` metric: a character n-gram F-score after chrF (Popović, 2015), no model needed.
+"""The verifier's model-free metrics: ``lexical``, ``edit`` and ``rouge1``.
+
+``lexical`` is a character n-gram F-score after chrF (Popović, 2015):
 
     text    → whitespace removed (as sacreBLEU's chrF does by default)
     P_n,R_n = matched n-grams / n-grams of a, of b   (multiset intersection, clipped counts)
@@ -8,15 +10,21 @@
 Defaults N = 6 (chrF's) and β = 1 (not chrF's 2): with β = 1 the score is symmetric,
 s(a, b) = s(b, a), like the cosine it stands in for, so draft-vs-draft similarities (the student
 prior) do not depend on which draft is called the hypothesis. Two empty texts score 1.
+
+``edit`` (1 − normalised character Levenshtein distance) and ``rouge1`` (unigram F1, Lin 2004)
+are the two agreements the OmniOPD paper uses for φ (docs/method.md). Every score is in [0, 1].
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
+from rapidfuzz.process import cdist
 
 
 @dataclass(frozen=True)
@@ -67,4 +75,49 @@ def chrf_matrix(
     for i, a in enumerate(rows):
         for j, b in enumerate(cols):
             out[i, j] = chrf(a, b, beta)
+    return out
+
+
+# -- the published metrics: character edit similarity and ROUGE-1 -----------------------------
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def edit_similarity(a: str, b: str) -> float:
+    """``1 − lev(a, b) / max(|a|, |b|)`` in [0, 1], over characters; two empty texts score 1.
+
+    Levenshtein distance with unit costs, from rapidfuzz (its ``normalized_similarity`` is
+    this formula).
+    """
+    return float(Levenshtein.normalized_similarity(a, b))
+
+
+def edit_matrix(rows: Sequence[str], cols: Sequence[str]) -> np.ndarray:
+    """(len(rows), len(cols)) matrix of :func:`edit_similarity` (rapidfuzz's ``cdist``)."""
+    if not rows or not cols:
+        return np.zeros((len(rows), len(cols)))
+    return cdist(rows, cols, scorer=Levenshtein.normalized_similarity, dtype=np.float64)
+
+
+def rouge1_tokens(text: str) -> Counter[str]:
+    """Unigram counts as ROUGE's reference scorer tokenises: lower case, runs of [a-z0-9], no
+    stemming (``37+96=133.`` → 37, 96, 133)."""
+    return Counter(_WORD.findall(text.lower()))
+
+
+def rouge1_f1(a: Counter[str], b: Counter[str]) -> float:
+    """ROUGE-1 F1 of two unigram multisets in [0, 1] (symmetric); two empty texts score 1."""
+    na, nb = a.total(), b.total()
+    if na == 0 and nb == 0:
+        return 1.0
+    hit = _matches(a, b) if na and nb else 0
+    return 2.0 * hit / (na + nb)
+
+
+def rouge1_matrix(rows: Sequence[Counter[str]], cols: Sequence[Counter[str]]) -> np.ndarray:
+    """(len(rows), len(cols)) matrix of :func:`rouge1_f1`."""
+    out = np.empty((len(rows), len(cols)))
+    for i, a in enumerate(rows):
+        for j, b in enumerate(cols):
+            out[i, j] = rouge1_f1(a, b)
     return out

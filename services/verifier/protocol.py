@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Metric = Literal["embedding", "lexical", "hybrid"]
-Prior = Literal["student", "uniform"]
+Metric = Literal["embedding", "lexical", "hybrid", "edit", "rouge1"]
+Prior = Literal["student", "uniform", "likelihood"]
 Reward = Literal["prob", "logratio"]
 Posterior = Literal["beta_binomial", "dirichlet"]
 
@@ -36,6 +36,13 @@ class Group(BaseModel):
     teacher: list[str] = Field(min_length=1, description="M >= 1 teacher chunks")
     context: str | None = Field(
         None, description="the shared context; not scored, counted toward the character limits"
+    )
+    prior_mean: (
+        list[Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False, strict=True)]] | None
+    ) = Field(
+        None,
+        description="K prior means in (0, 1], one per draft: required with prior `likelihood`"
+        " (the student's geometric-mean token probability on each draft), ignored otherwise",
     )
 
 

@@ -1,4 +1,4 @@
-"""The verifier's scoring math (DESIGN.md step 5) as pure numpy functions.
+"""The verifier's scoring math (step 5 of docs/method.md) as pure numpy functions.
 
 Shapes: ``K`` drafts of one fork, ``M`` teacher chunks of the same context, ``D`` embedding
 dimensions. Every function takes and returns float64 arrays and has no state, so each formula can
@@ -6,7 +6,8 @@ be checked against hand-computed values and scipy's distributions (tests/verifie
 
 The estimator is the Beta-Binomial (two-category Dirichlet-Multinomial) posterior over ``M`` soft
 trials of "does teacher sample ``j`` agree with draft ``i``", with the student's own agreement
-between its drafts as the prior mean, as in the OmniOPD design card; the optional joint variant is
+between its drafts as the prior mean (or, for the published objective, the student's own likelihood
+of each draft, ``prior="likelihood"``); the optional joint variant is
 a (K+1)-category Dirichlet-Multinomial over "which draft does this teacher sample agree with".
 """
 
@@ -165,13 +166,17 @@ def score_group(
     reward: Reward,
     posterior: Posterior = "beta_binomial",
     normalize_advantage: bool = False,
+    prior_mean_K: np.ndarray | None = None,
 ) -> GroupScores:
-    """DESIGN.md step 5 for one fork, from draft-vs-teacher (K, M) and draft-vs-draft (K, K)
-    similarities in [0, 1].
+    """Step 5 for one fork (docs/method.md), from draft-vs-teacher (K, M) and draft-vs-draft
+    (K, K) similarities in [0, 1].
 
     The student agreement p_S is always computed from the drafts: it is the prior mean under
-    ``prior="student"`` and the baseline of the ``logratio`` reward under either prior
-    (``prior="uniform"`` only replaces the prior mean by 0.5).
+    ``prior="student"`` and the baseline of the ``logratio`` reward under every prior
+    (``prior="uniform"`` replaces the prior mean by 0.5; ``prior="likelihood"`` by the caller's
+    ``prior_mean_K``, the student's geometric-mean token probability π̄ of each draft, so that
+    with the Beta-Binomial posterior the teacher agreement is the published target
+    π̂ = (k + α·π̄) / (N + α), k = Σ_n s_in).
     """
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
@@ -180,8 +185,14 @@ def score_group(
         mu = p_s
     elif prior == "uniform":
         mu = np.full_like(p_s, 0.5)
+    elif prior == "likelihood":
+        if prior_mean_K is None or np.shape(prior_mean_K) != p_s.shape:
+            raise ValueError(f"prior 'likelihood' needs {p_s.shape[0]} prior means, one per draft")
+        mu = np.asarray(prior_mean_K, dtype=np.float64)
+        if not np.all((mu > 0.0) & (mu <= 1.0)):
+            raise ValueError("prior means must lie in (0, 1]")
     else:
-        raise ValueError(f"prior must be 'student' or 'uniform', got {prior!r}")
+        raise ValueError(f"prior must be 'student', 'uniform' or 'likelihood', got {prior!r}")
     if posterior == "beta_binomial":
         p_t, var = beta_binomial_posterior(s_KM, mu, alpha)
     elif posterior == "dirichlet":

@@ -20,7 +20,14 @@ from omniopd.verifier.batching import Batcher, BatcherStopped, QueueFull
 from omniopd.verifier.cache import EmbeddingCache, MemoryCache, NoCache, RedisCache
 from omniopd.verifier.embedder import Embedder
 from omniopd.verifier.errors import VerifierError
-from omniopd.verifier.lexical import NgramProfile, chrf_matrix, ngram_profile
+from omniopd.verifier.lexical import (
+    NgramProfile,
+    chrf_matrix,
+    edit_matrix,
+    ngram_profile,
+    rouge1_matrix,
+    rouge1_tokens,
+)
 from omniopd.verifier.limits import check_embedding_limits, check_score_limits
 from omniopd.verifier.metrics import VerifierMetrics
 from omniopd.verifier.protocol import (
@@ -69,6 +76,42 @@ class ScoreParams:
             normalize_advantage=pick(req.normalize_advantage, s.normalize_advantage),
             hybrid_weight=pick(req.hybrid_weight, s.hybrid_weight),
         )
+
+
+def check_prior_means(req: ScoreRequest) -> None:
+    """Prior ``likelihood``: every group carries one prior mean per draft (422 otherwise).
+
+    The range (0, 1] is the request model's (a value outside it is a 422 before this runs)."""
+    for i, group in enumerate(req.groups):
+        param = f"groups[{i}].prior_mean"
+        if group.prior_mean is None:
+            raise VerifierError(
+                422,
+                f"{param}: required with prior 'likelihood' (one mean in (0, 1] per draft)",
+                param=param,
+                code="missing",
+            )
+        if len(group.prior_mean) != len(group.drafts):
+            raise VerifierError(
+                422,
+                f"{param}: {len(group.prior_mean)} values for {len(group.drafts)} drafts;"
+                " give one per draft",
+                param=param,
+                code="length_mismatch",
+            )
+
+
+def published_similarities(
+    metric: Metric, drafts: list[str], teacher: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(K, M) draft-vs-teacher and (K, K) draft-vs-draft similarities for ``edit``/``rouge1``."""
+    if metric == "edit":
+        return edit_matrix(drafts, teacher), edit_matrix(drafts, drafts)
+    d_tokens = [rouge1_tokens(t) for t in drafts]
+    return (
+        rouge1_matrix(d_tokens, [rouge1_tokens(t) for t in teacher]),
+        rouge1_matrix(d_tokens, d_tokens),
+    )
 
 
 def make_cache(settings: VerifierSettings, metrics: VerifierMetrics) -> EmbeddingCache:
@@ -198,6 +241,8 @@ class VerifierService:
     async def score(self, req: ScoreRequest) -> ScoreResponse:
         check_score_limits(req, self.settings)
         params = ScoreParams.resolve(req, self.settings)
+        if params.prior == "likelihood":
+            check_prior_means(req)
         texts = list(dict.fromkeys(t for g in req.groups for t in (*g.drafts, *g.teacher)))
         embeddings, hits = None, 0
         if params.metric in ("embedding", "hybrid"):
@@ -224,9 +269,12 @@ class VerifierService:
             profiles = [ngram_profile(t, n) for t in texts]
         out = []
         for index, group in enumerate(req.groups):
-            d_rows = [row[t] for t in group.drafts]
-            t_rows = [row[t] for t in group.teacher]
-            s_KM, s_KK = self._similarities(params, d_rows, t_rows, embeddings_ND, profiles)
+            if params.metric in ("edit", "rouge1"):
+                s_KM, s_KK = published_similarities(params.metric, group.drafts, group.teacher)
+            else:
+                d_rows = [row[t] for t in group.drafts]
+                t_rows = [row[t] for t in group.teacher]
+                s_KM, s_KK = self._similarities(params, d_rows, t_rows, embeddings_ND, profiles)
             scores = score_group(
                 s_KM,
                 s_KK,
@@ -235,6 +283,7 @@ class VerifierService:
                 reward=params.reward,
                 posterior=params.posterior,
                 normalize_advantage=params.normalize_advantage,
+                prior_mean_K=np.asarray(group.prior_mean) if group.prior_mean else None,
             )
             out.append(
                 GroupScore(

@@ -8,7 +8,13 @@ import httpx
 import numpy as np
 import pytest
 
-from omniopd.verifier.lexical import chrf_matrix, ngram_profile
+from omniopd.verifier.lexical import (
+    chrf_matrix,
+    edit_matrix,
+    ngram_profile,
+    rouge1_matrix,
+    rouge1_tokens,
+)
 from omniopd.verifier.scoring import cosine_similarity, score_group
 
 GROUPS = [
@@ -115,6 +121,41 @@ def test_defaults_come_from_the_settings(start_server):
     assert out["groups"][0]["reward"][0] == pytest.approx(np.log((s + 1.5) / 4 / 0.5))
 
 
+@pytest.mark.parametrize("metric", ["edit", "rouge1"])
+def test_likelihood_prior_gives_the_published_target(verifier, metric):
+    """prior ``likelihood``, one draft per group: teacher_agreement = (k + α·π̄) / (N + α)."""
+    groups = [
+        {"id": "a", "drafts": ["48*2=96. 37+96=133."], "teacher": ["48*2=96. 37+96=133.",
+         "48*2=96. 37+96=134.", "2*48=96."], "prior_mean": [0.25]},
+        {"id": "b", "drafts": ["so x = 4"], "teacher": ["x = 4"], "prior_mean": [1.0]},
+    ]  # fmt: skip
+    body = {"groups": groups, "metric": metric, "prior": "likelihood", "alpha": 1.0}
+    response = httpx.post(f"{verifier.url}/v1/score", json=body)
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert (out["metric"], out["prior"]) == (metric, "likelihood")
+    if metric == "edit":
+        similar = edit_matrix
+    else:
+
+        def similar(rows, cols):
+            return rouge1_matrix([rouge1_tokens(t) for t in rows], [rouge1_tokens(t) for t in cols])
+
+    for group, got in zip(groups, out["groups"], strict=True):
+        s_km = similar(group["drafts"], group["teacher"])
+        np.testing.assert_allclose(got["similarity"], s_km, atol=1e-12)
+        k, n, prior = s_km.sum(), len(group["teacher"]), group["prior_mean"][0]
+        assert got["teacher_agreement"] == [pytest.approx((k + prior) / (n + 1.0))]
+        assert got["reward"] == got["teacher_agreement"]
+        assert got["student_agreement"] == [0.5] and got["advantage"] == [0.0]  # K = 1
+
+
+def test_prior_means_are_ignored_by_the_other_priors(verifier):
+    body = {"groups": [{**ok_group, "prior_mean": [0.9]}], "metric": "edit", "prior": "uniform"}
+    out = httpx.post(f"{verifier.url}/v1/score", json=body).json()
+    assert out["groups"][0]["teacher_agreement"] == [pytest.approx((0.0 + 2.0 * 0.5) / 3.0)]
+
+
 def test_repeated_texts_come_from_the_cache(verifier):
     body = {"groups": [{"drafts": ["cache me 1", "cache me 2"], "teacher": ["cache me 3"]}]}
     first = httpx.post(f"{verifier.url}/v1/score", json=body).json()
@@ -161,8 +202,28 @@ ok_group = {"drafts": ["a"], "teacher": ["b"]}
         ({}, "groups"),
         ({"groups": [ok_group], "metrik": "lexical"}, "metrik"),
         ({"groups": [{"drafts": ["a"], "teacher": ["b"], "extra": 1}]}, "groups[0].extra"),
+        # prior "likelihood": one prior mean in (0, 1] per draft, required.
+        ({"groups": [ok_group], "prior": "likelihood"}, "groups[0].prior_mean"),
+        (
+            {"groups": [ok_group, {**ok_group, "prior_mean": [0.5, 0.5]}], "prior": "likelihood"},
+            "groups[0].prior_mean",
+        ),
+        (
+            {"groups": [{**ok_group, "prior_mean": [0.5]}, {"drafts": ["a", "c"], "teacher": ["b"],
+             "prior_mean": [0.5]}], "prior": "likelihood"},
+            "groups[1].prior_mean",
+        ),
+        ({"groups": [{**ok_group, "prior_mean": [0.0]}], "prior": "likelihood"},
+         "groups[0].prior_mean[0]"),
+        ({"groups": [{**ok_group, "prior_mean": [1.5]}], "prior": "likelihood"},
+         "groups[0].prior_mean[0]"),
+        ({"groups": [{**ok_group, "prior_mean": [-0.1]}]}, "groups[0].prior_mean[0]"),
+        ({"groups": [{**ok_group, "prior_mean": ["0.5"]}], "prior": "likelihood"},
+         "groups[0].prior_mean[0]"),
+        ({"groups": [{**ok_group, "prior_mean": 0.5}], "prior": "likelihood"},
+         "groups[0].prior_mean"),
     ],
-)
+)  # fmt: skip
 def test_bad_requests_get_422_naming_the_field(verifier, body, param):
     error = assert_error(httpx.post(f"{verifier.url}/v1/score", json=body), 422, param)
     assert error["type"] == "invalid_request_error"

@@ -7,7 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omniopd.verifier.lexical import chrf, chrf_matrix, ngram_profile
+from omniopd.verifier.lexical import (
+    chrf,
+    chrf_matrix,
+    edit_matrix,
+    edit_similarity,
+    ngram_profile,
+    rouge1_f1,
+    rouge1_matrix,
+    rouge1_tokens,
+)
 
 
 def s(a: str, b: str, n: int = 6, beta: float = 1.0) -> float:
@@ -59,3 +68,46 @@ def test_symmetric_bounded_and_one_on_identity(a, b, n):
     assert 0.0 <= s(a, b, n) <= 1.0
     assert s(a, b, n) == pytest.approx(s(b, a, n))
     assert s(a, a, n) == 1.0
+
+
+# -- edit and rouge1, the published agreements --------------------------------------------------
+
+
+def test_edit_similarity_hand_computed():
+    assert edit_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)  # 3 edits, 7 chars
+    assert edit_similarity("37+96=133", "37+96=134") == pytest.approx(1 - 1 / 9)
+    assert edit_similarity("abc", "abc") == 1.0
+    assert edit_similarity("", "") == 1.0
+    assert edit_similarity("", "abcd") == 0.0
+    assert edit_similarity("ab", "ba") == pytest.approx(0.0)  # two substitutions over 2 chars
+    m = edit_matrix(["ab", "abcd"], ["abc", "", "abcd"])
+    assert m.shape == (2, 3)
+    np.testing.assert_allclose(m, [[2 / 3, 0.0, 0.5], [0.75, 0.0, 1.0]])
+    assert edit_matrix([], ["a"]).shape == (0, 1)
+
+
+def test_rouge1_hand_computed():
+    def r(a: str, b: str) -> float:
+        return rouge1_f1(rouge1_tokens(a), rouge1_tokens(b))
+
+    # Tokens: lower case, runs of letters and digits; "48*2=96." -> 48, 2, 96.
+    assert rouge1_tokens("48*2=96. So X") == {"48": 1, "2": 1, "96": 1, "so": 1, "x": 1}
+    # 37, 96, 133 vs 37, 96, 134: 2 of 3 match each way -> F1 = 2/3.
+    assert r("37+96=133", "37+96=134") == pytest.approx(2 / 3)
+    # "the cat sat" (3) vs "the the cat" (3): matches min(1,2) + 1 = 2 -> F1 = 2*2/6.
+    assert r("the cat sat", "the the cat") == pytest.approx(2 / 3)
+    assert r("A B", "b a") == 1.0
+    assert r("", "...") == 1.0  # neither has a token
+    assert r("", "x") == 0.0
+    rows = [rouge1_tokens(t) for t in ("a b", "c")]
+    assert rouge1_matrix(rows, rows).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=30), st.text(max_size=30))
+def test_edit_and_rouge1_are_symmetric_and_bounded(a, b):
+    for f in (edit_similarity, lambda x, y: rouge1_f1(rouge1_tokens(x), rouge1_tokens(y))):
+        value = f(a, b)
+        assert 0.0 <= value <= 1.0
+        assert value == pytest.approx(f(b, a))
+        assert f(a, a) == 1.0

@@ -1,4 +1,4 @@
-"""The scoring math of DESIGN.md step 5: hand-computed values, scipy's distributions, properties."""
+"""The scoring math of step 5 (docs/method.md): hand-computed values, scipy's distributions, properties."""
 
 from __future__ import annotations
 
@@ -277,3 +277,29 @@ def test_cosine_similarity_is_in_the_unit_interval(a, b):
     s = cosine_similarity(a, b)
     assert s.shape == (len(a), len(b))
     assert np.all((s >= 0) & (s <= 1))
+
+
+def test_likelihood_prior_is_the_published_target():
+    """prior "likelihood": p_T = (Σ_n s_n + α·π̄) / (N + α) per draft, π̄ given by the caller."""
+    s_KM = np.array([[1.0, 0.5, 0.25], [0.0, 0.0, 0.0]])
+    out = score_group(
+        s_KM,
+        np.ones((2, 2)),
+        prior="likelihood",
+        alpha=1.0,
+        reward="prob",
+        prior_mean_K=np.array([0.5, 1.0]),
+    )
+    np.testing.assert_allclose(out.teacher_agreement_K, [(1.75 + 0.5) / 4, 1.0 / 4])
+    np.testing.assert_allclose(out.reward_K, out.teacher_agreement_K)
+    with pytest.raises(ValueError, match="2 prior means"):
+        score_group(s_KM, np.ones((2, 2)), prior="likelihood", alpha=1.0, reward="prob")
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        score_group(
+            s_KM,
+            np.ones((2, 2)),
+            prior="likelihood",
+            alpha=1.0,
+            reward="prob",
+            prior_mean_K=np.array([0.0, 1.0]),
+        )
