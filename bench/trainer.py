@@ -114,7 +114,7 @@ def config(world, out: Path, **fields: Any) -> TrainConfig:
         "save_every": 0,
         "output_dir": str(out),
         "batch_size": PROMPTS,
-        "max_forks": 4,
+        "chunks_per_response": 4,
         "num_drafts": 4,
         "teacher_samples": 8,
         "chunk_tokens": 16,
@@ -193,7 +193,7 @@ def audit_tokens(world, tokens: int, batches: int) -> dict[str, float]:
             valid,
             quantile=cfg.fork_quantile,
             min_entropy=cfg.min_fork_entropy,
-            max_forks=cfg.max_forks,
+            max_forks=cfg.chunks_per_response,
             spacing=L,
         )
         n_valid = valid.sum(-1).tolist()

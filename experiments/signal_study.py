@@ -83,7 +83,7 @@ def similarities(metric: str, drafts: list[str], teacher: list[str], embed, weig
 
 
 def rewards(s_KM: np.ndarray, s_KK: np.ndarray, alpha: float) -> np.ndarray:
-    """The verifier's ``prob`` reward with the student prior (DESIGN.md step 5)."""
+    """The verifier's ``prob`` reward with the student prior (docs/method.md, step 5)."""
     from omniopd.verifier.scoring import beta_binomial_posterior, student_agreement
 
     mean, _ = beta_binomial_posterior(s_KM, student_agreement(s_KK, alpha), alpha)

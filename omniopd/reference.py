@@ -120,6 +120,9 @@ def constraints(info: Any) -> str:
 
 
 def default_text(info: Any) -> str:
+    extra = info.json_schema_extra
+    if isinstance(extra, dict) and "default_text" in extra:  # e.g. a default that depends
+        return str(extra["default_text"])  # on another field
     if info.default_factory is not None:
         value = info.default_factory()
     elif info.default is PydanticUndefined:

@@ -21,6 +21,46 @@ from omniopd.log import add_logging_args
 CONFIG_FILE = "config.yaml"
 
 Method = Literal["omniopd", "opd", "sft", "grpo"]
+Objective = Literal["drafts", "likelihood"]
+Metric = Literal["edit", "rouge1", "embedding", "lexical", "hybrid"]
+
+# Defaults of the fields that depend on the objective, filled in where a config leaves them out.
+# `likelihood` takes the paper's published values (M = 10, C = 50, N = 10, α = 1, β = 0.1,
+# edit similarity); `drafts`, and every other method's KL anchor, keep the values the drafts
+# design was tuned with. Toy-world recipes set their own (short answers: docs/method.md).
+OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "likelihood": {
+        "chunks_per_response": 10,
+        "chunk_tokens": 50,
+        "teacher_samples": 10,
+        "alpha": 1.0,
+        "beta": 0.1,
+        "metric": "edit",
+    },
+    "drafts": {
+        "chunks_per_response": 4,
+        "chunk_tokens": 16,
+        "teacher_samples": 8,
+        "alpha": 2.0,
+        "beta": 0.05,
+        "metric": "embedding",
+    },
+}
+
+
+def by_objective(name: str) -> dict[str, str]:
+    """The reference page's default cell for a field whose default depends on the objective."""
+    like, drafts = OBJECTIVE_DEFAULTS["likelihood"][name], OBJECTIVE_DEFAULTS["drafts"][name]
+    return {"default_text": f"`{like}` with `--objective likelihood`, else `{drafts}`"}
+
+
+def objective_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """The defaults that apply to ``values``: the published ones for ``--method omniopd
+    --objective likelihood``, the drafts design's for everything else."""
+    method = values.get("method", "omniopd")
+    objective = values.get("objective", "drafts")
+    key = "likelihood" if method == "omniopd" and objective == "likelihood" else "drafts"
+    return OBJECTIVE_DEFAULTS[key]
 
 
 class ConfigError(SystemExit):
@@ -57,33 +97,75 @@ class TrainConfig(BaseModel):
     max_new_tokens: int = Field(256, ge=1, description="response length limit (student tokens)")
     min_new_tokens: int = Field(0, ge=0, description="no EOS before this many response tokens")
 
-    # OmniOPD's knobs (DESIGN.md steps 2-6).
-    fork_strategy: Literal["peak", "random"] = Field(
-        "peak", description="peak: entropy peaks; random: as many forks at random positions"
+    # OmniOPD's knobs (steps 2-6 of docs/method.md). Fields left unset take the defaults of
+    # the chosen objective (OBJECTIVE_DEFAULTS): the paper's for `likelihood`.
+    objective: Objective = Field(
+        "drafts",
+        description="likelihood: the published objective (π̂-weighted likelihood of the"
+        " student's own chunks); drafts: K drafts per fork, group-centred policy gradient",
     )
-    fork_quantile: float = Field(0.8, ge=0, le=1, description="q: batch entropy quantile")
-    min_fork_entropy: float = Field(0.5, ge=0, description="h_min: entropy floor at a fork (nats)")
-    max_forks: int = Field(4, ge=1, description="forks per response at most")
-    num_drafts: int = Field(4, ge=2, description="K: drafts per fork (own chunk + K-1 fresh)")
-    chunk_tokens: int = Field(16, ge=1, description="L: draft length in student tokens")
-    teacher_samples: int = Field(8, ge=1, description="M: teacher continuations per fork")
+    fork_strategy: Literal["peak", "random"] = Field(
+        "peak", description="peak: entropy peaks; random: as many audits at random positions"
+    )
+    fork_quantile: float = Field(0.8, ge=0, le=1, description="q: batch entropy quantile (drafts)")
+    min_fork_entropy: float = Field(
+        0.5, ge=0, description="h_min: entropy floor at a fork, nats (drafts)"
+    )
+    chunks_per_response: int = Field(
+        None,
+        json_schema_extra=by_objective("chunks_per_response"),
+        ge=1,
+        description="M: audited chunks per response, at most",
+    )
+    num_drafts: int = Field(
+        4, ge=2, description="K: drafts per fork, own chunk + K-1 fresh (drafts)"
+    )
+    chunk_tokens: int = Field(
+        None,
+        json_schema_extra=by_objective("chunk_tokens"),
+        ge=1,
+        description="C: chunk length in student tokens",
+    )
+    teacher_samples: int = Field(
+        None,
+        json_schema_extra=by_objective("teacher_samples"),
+        ge=1,
+        description="N: teacher continuations per chunk",
+    )
     teacher_temperature: float = Field(1.0, ge=0, le=2, description="teacher sampling temperature")
     teacher_chars_per_token: float = Field(
         4.0, gt=0, description="initial guess for sizing teacher max_tokens (then measured)"
     )
-    metric: Literal["embedding", "lexical", "hybrid"] = Field(
-        "embedding", description="verifier similarity"
+    metric: Metric = Field(
+        None, json_schema_extra=by_objective("metric"), description="φ: the verifier's similarity"
     )
-    prior: Literal["student", "uniform"] = Field("student", description="Beta prior mean")
-    alpha: float = Field(2.0, gt=0, description="prior strength α")
-    reward: Literal["prob", "logratio"] = Field("prob", description="reward from the posterior")
+    prior: Literal["student", "uniform"] = Field(
+        "student", description="Beta prior mean (drafts; likelihood uses the student's π̄)"
+    )
+    alpha: float = Field(
+        None, json_schema_extra=by_objective("alpha"), gt=0, description="prior strength α"
+    )
+    reward: Literal["prob", "logratio"] = Field(
+        "prob", description="reward from the posterior (drafts)"
+    )
     baseline: Literal["group", "batch"] = Field(
-        "group", description="advantage centring: per fork (skips unanimous forks) or per step"
+        "group",
+        description="advantage centring: per fork (skips unanimous forks) or per step (drafts)",
     )
-    normalize_advantages: bool = Field(False, description="divide advantages by their std")
-    beta: float = Field(0.05, ge=0, description="KL(π_θ ‖ π_ref) coefficient")
-    kl_estimator: Literal["exact", "k3"] = Field("exact", description="exact over V, or k3")
-    ppo_epochs: int = Field(1, ge=1, description="optimiser passes per batch (>1: PPO clip)")
+    normalize_advantages: bool = Field(False, description="divide advantages by their std (drafts)")
+    beta: float = Field(
+        None,
+        json_schema_extra=by_objective("beta"),
+        ge=0,
+        description="KL anchor coefficient: KL(π_ref ‖ π_θ) on unaudited tokens (likelihood),"
+        " KL(π_θ ‖ π_ref) on every token (drafts, grpo)",
+    )
+    kl_estimator: Literal["exact", "k3"] = Field(
+        "exact", description="exact over V, or k3 (drafts, grpo; likelihood: always exact)"
+    )
+    ppo_epochs: int = Field(
+        1, ge=1, description="optimiser passes per batch (>1: PPO clip; drafts, grpo)"
+    )
     clip: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip ε")
     grpo_samples: int = Field(4, ge=2, description="samples per prompt (grpo)")
 
@@ -125,6 +207,14 @@ class TrainConfig(BaseModel):
     max_retries: int = Field(4, ge=0, description="retries of a failed service call")
     retry_backoff_s: float = Field(0.5, ge=0, description="first retry delay (doubles)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_objective_defaults(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        missing = {k: v for k, v in objective_defaults(values).items() if values.get(k) is None}
+        return values | missing
+
     @model_validator(mode="after")
     def _method_needs(self) -> TrainConfig:
         needs = {
@@ -137,6 +227,11 @@ class TrainConfig(BaseModel):
         if missing:
             raise ValueError(
                 f"method {self.method!r} needs " + ", ".join(f"{f} ({flag(f)})" for f in missing)
+            )
+        if self.method == "omniopd" and self.objective == "likelihood" and self.ppo_epochs > 1:
+            raise ValueError(
+                "ppo_epochs (--ppo-epochs) > 1 is for --objective drafts; the likelihood"
+                " objective takes one step per batch"
             )
         return self
 
@@ -160,7 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, help="YAML file of config fields")
     for name, info in TrainConfig.model_fields.items():
-        default = "required" if info.is_required() else f"default: {info.default}"
+        if name in OBJECTIVE_DEFAULTS["likelihood"]:
+            default = (
+                f"default: {OBJECTIVE_DEFAULTS['likelihood'][name]} with --objective likelihood,"
+                f" else {OBJECTIVE_DEFAULTS['drafts'][name]}"
+            )
+        else:
+            default = "required" if info.is_required() else f"default: {info.default}"
         help_text = f"{info.description} ({default})"
         if _is_bool(info.annotation):
             parser.add_argument(

@@ -1,4 +1,4 @@
-"""Step 3 of DESIGN.md: K drafts per fork, the speculation the teacher will verify.
+"""Step 3 of the drafts objective (docs/method.md): K drafts per fork, the speculation the teacher will verify.
 
 Draft 0 is the rollout's own chunk ``y[f:f+L]``; drafts 1..K-1 are fresh samples from
 ``π_θ(·|x ⊕ y[:f])``. All fork contexts of a step are prefilled together once; that KV cache

@@ -1,4 +1,4 @@
-"""Step 2 of DESIGN.md: where to fork, i.e. which response positions the teacher audits.
+"""Step 2 of the drafts objective (docs/method.md): where to fork, which positions to audit.
 
 A fork at position ``f`` of a response ``y`` audits the student's choice of ``y[f:f+L]`` given
 ``x ⊕ y[:f]``. ``entropy_BT[b, f]`` is the entropy of the distribution ``y[b, f]`` was drawn
@@ -66,7 +66,7 @@ def peak_entropy_forks(
     max_forks: int,
     spacing: int,
 ) -> list[list[int]]:
-    """Fork positions per response, ascending: the peak-entropy scheduler of DESIGN.md step 2.
+    """Fork positions per response, ascending: the drafts objective's peak-entropy scheduler.
 
     A position qualifies when it is a local maximum of its row's H_t (over valid positions
     only) and H_t ≥ :func:`entropy_threshold`. Per row, qualifying positions are taken highest

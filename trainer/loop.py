@@ -1,4 +1,4 @@
-"""One OmniOPD training step, as DESIGN.md's six steps in order.
+"""One step of the drafts objective (``--objective drafts``), as docs/method.md's six steps.
 
     1. rollout      the student answers each prompt, keeping H_t          (rollout.py)
     2. forks        peak-entropy positions to audit                       (forks.py)
@@ -64,7 +64,7 @@ def choose_forks(run: Run, r: Rollout) -> list[list[int]]:
         valid_BT,
         quantile=cfg.fork_quantile,
         min_entropy=cfg.min_fork_entropy,
-        max_forks=cfg.max_forks,
+        max_forks=cfg.chunks_per_response,
         spacing=cfg.chunk_tokens,
     )
     if cfg.fork_strategy == "random":

@@ -1,7 +1,15 @@
-"""Step 6 of DESIGN.md as pure functions: advantages, the policy-gradient term, the KL anchor.
+"""Step 6 of docs/method.md as pure functions: both objectives' terms and the baselines'.
 
 Every loss returns ``(loss, metrics)``: a scalar tensor to backpropagate and a dict of floats.
-Shapes: N sequences (drafts, or responses for GRPO) of up to T tokens, vocabulary V.
+Shapes: N sequences (drafts, or responses for GRPO) of up to T tokens, vocabulary V; B responses,
+C audited chunks.
+
+The published objective (``--objective likelihood``), over a step's B responses:
+
+    L = − 1/B Σ_c π̂_c Σ_{t ∈ c} log π_θ(y_t)  +  β/B Σ_{t unaudited} KL(π_ref(·|s_t) ‖ π_θ(·|s_t))
+    π̂_c = (k_c + α·π̄_c) / (N + α),   π̄_c = exp(mean_{t ∈ c} log π_θ(y_t)),   both constants
+
+The drafts objective (``--objective drafts``):
 
     L = − 1/|F| Σ_forks Σ_i A_i · mean_{t ∈ d_i} log π_θ(d_i,t | c, d_i,<t)
         + β · mean_{t ∈ y} KL(π_θ(·|x,y<t) ‖ π_ref(·|x,y<t))
@@ -25,7 +33,7 @@ def centred_advantages(
 ) -> torch.Tensor:
     """Advantages (G, K) for G groups (forks, or prompts) of K samples each.
 
-    ``group``: A = r − mean of the group's K rewards (DESIGN.md step 5; GRPO's baseline).
+    ``group``: A = r − mean of the group's K rewards (docs/method.md, step 5; GRPO's baseline).
     ``batch``: A = r − mean of all G·K rewards, so a group whose samples all score low is
     pushed down as a whole; ``population`` = (mean, std) replaces this batch's own when the
     batch spans several processes. ``normalize`` divides by the same population's std (+ eps).
@@ -125,3 +133,62 @@ def cross_entropy_loss(
     """SFT: −Σ log π(target tokens) / num_tokens, the token-mean negative log-likelihood."""
     nll = -(logprobs_NT * mask_NT.to(logprobs_NT.dtype)).sum() / num_tokens
     return nll, {"sft_loss": float(nll.detach())}
+
+
+# -- the published objective -------------------------------------------------------------------
+
+
+def likelihood_target(
+    k_C: torch.Tensor, prior_mean_C: torch.Tensor, *, num_samples: int, alpha: float
+) -> torch.Tensor:
+    """π̂_c = (k_c + α·π̄_c) / (N + α) per chunk (C,), detached: a weight, never a gradient path.
+
+    ``k_C`` is the teacher's soft agreement count Σ_n φ(y_c, t_n) ∈ [0, N]; ``prior_mean_C`` is
+    π̄_c ∈ (0, 1], the student's geometric-mean token probability on its own chunk (the
+    Dirichlet-Multinomial prior mean). The result lies in [0, 1].
+    """
+    k = k_C.detach().float()
+    prior = prior_mean_C.detach().float()
+    return ((k + alpha * prior) / (num_samples + alpha)).clamp(0.0, 1.0)
+
+
+def chunk_prior_mean(logprobs_CL: torch.Tensor) -> torch.Tensor:
+    """π̄_c = exp(mean_t log π_θ(y_t)) (C,) over each chunk's L tokens, detached."""
+    return logprobs_CL.detach().float().mean(-1).exp()
+
+
+def chunk_likelihood_loss(
+    logprobs_BT: torch.Tensor, weight_BT: torch.Tensor, *, num_responses: float
+) -> tuple[torch.Tensor, Metrics]:
+    """−Σ_{b,t} w_bt · log π_θ(y_bt) / B: the chunk term, with w = π̂ of the chunk covering the
+    token (0 on tokens no scored chunk covers). Its gradient on the logits of an audited token
+    is −π̂·(onehot(y_t) − softmax)/B."""
+    loss = -(weight_BT.detach().to(logprobs_BT.dtype) * logprobs_BT).sum() / num_responses
+    return loss, {"chunk_loss": float(loss.detach())}
+
+
+def forward_kl(logits_NV: torch.Tensor, ref_logits_NV: torch.Tensor) -> torch.Tensor:
+    """KL(π_ref ‖ π_θ) (N,) per position, exact over the vocabulary (float32)."""
+    logp = F.log_softmax(logits_NV.float(), dim=-1)
+    logq = F.log_softmax(ref_logits_NV.float(), dim=-1)
+    return (logq.exp() * (logq - logp)).sum(-1)
+
+
+def unaudited_kl_loss(
+    kl_BT: torch.Tensor,
+    unaudited_BT: torch.Tensor,
+    *,
+    beta: float,
+    num_responses: float,
+    num_unaudited: float,
+) -> tuple[torch.Tensor, Metrics]:
+    """β · Σ_{unaudited} KL / B: the anchor of the published objective, a sum over tokens
+    divided by the number of responses (not by a token count that moves with the batch).
+
+    ``num_unaudited`` (the step's, all ranks) only scales the reported mean KL per token."""
+    kl_sum = (kl_BT * unaudited_BT.to(kl_BT.dtype)).sum()
+    loss = beta * kl_sum / num_responses
+    return loss, {
+        "kl": float(kl_sum.detach()) / max(num_unaudited, 1.0),
+        "kl_loss": float(loss.detach()),
+    }

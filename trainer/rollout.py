@@ -1,4 +1,4 @@
-"""Step 1 of DESIGN.md: the student samples a response per prompt, keeping H_t and log π.
+"""Step 1 of docs/method.md: the student samples a response per prompt, keeping H_t and log π.
 
 One batched sampler serves the rollout (prefill the prompts, then decode) and the drafts
 (prefill the fork contexts once, copy that KV cache K-1 times, then decode). Rows are

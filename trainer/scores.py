@@ -1,4 +1,4 @@
-"""Step 5 of DESIGN.md: the verifier scores each fork's drafts against its teacher chunks.
+"""Step 5 of docs/method.md: the verifier scores each fork's drafts against its teacher chunks.
 
 Scoring starts as soon as the first teacher replies arrive: ready groups wait in a queue, and
 whenever fewer than ``max_in_flight`` verifier calls are running, one call takes every group
@@ -40,6 +40,7 @@ class ForkScores:
 
     rewards: dict[int, list[float]] = field(default_factory=dict)
     teacher_agreement: dict[int, list[float]] = field(default_factory=dict)
+    agreement: dict[int, list[float]] = field(default_factory=dict)  # k = Σ_n φ, per draft
     failed: dict[int, str] = field(default_factory=dict)
     teacher_tokens: int = 0
     teacher_chars: int = 0
@@ -82,10 +83,12 @@ async def score_as_replies_arrive(
     policy: RetryPolicy,
     counters: Counters,
     max_in_flight: int = 2,
+    prior_means: dict[int, list[float]] | None = None,
 ) -> ForkScores:
     """Consume teacher replies; score ready groups in batches while more replies arrive.
 
-    ``drafts`` maps each fork sent to the teacher to its K draft texts.
+    ``drafts`` maps each fork sent to the teacher to its K draft texts; ``prior_means`` (prior
+    ``likelihood``) to the student's π̄ of each draft.
     """
     out = ForkScores()
     ready: asyncio.Queue[TeacherReply | None] = asyncio.Queue()
@@ -107,7 +110,11 @@ async def score_as_replies_arrive(
             await ready.put(None)
 
     async def score(batch: list[TeacherReply]) -> None:
-        groups = [{"id": str(r.fork), "drafts": drafts[r.fork], "teacher": r.chunks} for r in batch]
+        groups = [
+            {"id": str(r.fork), "drafts": drafts[r.fork], "teacher": r.chunks}
+            | ({"prior_mean": prior_means[r.fork]} if prior_means else {})
+            for r in batch
+        ]
         t0 = time.perf_counter()
         try:
             counters.verifier_calls += 1
@@ -130,6 +137,7 @@ async def score_as_replies_arrive(
             for g in response.groups:
                 out.rewards[int(g.id)] = list(g.reward)
                 out.teacher_agreement[int(g.id)] = list(g.teacher_agreement)
+                out.agreement[int(g.id)] = [sum(row) for row in g.similarity]
         finally:
             out.time_verifier_s += time.perf_counter() - t0
             slots.release()

@@ -180,8 +180,11 @@ class Services:
         temperature: float,
         score_settings: ScoreSettings,
         counters: Counters,
+        prior_means: dict[int, list[float]] | None = None,
     ) -> concurrent.futures.Future[ForkScores]:
-        """Start steps 4 and 5 for a step's forks in the background; the future holds scores."""
+        """Start steps 4 and 5 for a step's forks in the background; the future holds scores.
+
+        ``prior_means``: each fork's π̄ per draft, sent with prior ``likelihood``."""
         assert self.stub is not None and self.verifier is not None
         replies = stream_teacher(
             self.stub,
@@ -201,6 +204,7 @@ class Services:
                 score_settings,
                 policy=self.policy,
                 counters=counters,
+                prior_means=prior_means,
             )
         )
 

@@ -1,4 +1,4 @@
-"""Step 4 of DESIGN.md: M teacher continuations per fork, all forks of a step on one stream.
+"""Step 4 of docs/method.md: M teacher continuations per fork, all forks of a step on one stream.
 
 Every fork's request goes out at once on one ``StreamChunks`` call; replies come back in
 completion order and are yielded as they arrive, so step 5 can score the first forks while the

@@ -39,6 +39,7 @@ from omniopd.trainer.config import TrainConfig, save_config, to_yaml
 from omniopd.trainer.context import Run
 from omniopd.trainer.data import Example, batch_indices, load_examples, split_heldout
 from omniopd.trainer.evaluate import evaluate
+from omniopd.trainer.likelihood import likelihood_step
 from omniopd.trainer.loop import omniopd_step
 from omniopd.trainer.metrics import MetricsWriter
 from omniopd.trainer.models import (
@@ -68,6 +69,8 @@ STEPS: dict[str, Callable[[Run, list[Example]], dict[str, Any]]] = {
 SUMMED = {
     "loss",
     "pg_loss",
+    "chunk_loss",
+    "kl_loss",
     "kl",
     "opd_kl",
     "sft_loss",
@@ -289,6 +292,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg = self.config
         step_fn = STEPS[cfg.method]
+        if cfg.method == "omniopd" and cfg.objective == "likelihood":
+            step_fn = likelihood_step
         stop = StopRequest()
         bar = tqdm(
             total=cfg.steps, initial=self.state.step, disable=not self.is_main, desc=cfg.method

@@ -19,7 +19,7 @@ prompt). The reward
    agreement ``p_T`` with ``reward="prob"``, ``log p_T - log p_S`` with ``"logratio"``). GRPO
    centres and scales rewards per group itself, so the verifier's advantage is not used.
 
-This is DESIGN.md's chunk-level score applied to whole responses: no forks, one "chunk" per
+This is the chunk-level score of docs/method.md applied to whole responses: no forks, one "chunk" per
 completion. Grouping and scoring are :func:`omniopd.verifier.rewards.score_by_group`.
 
 A prompt whose teacher call failed (after retries), or a batch whose verifier call failed, gets

@@ -269,7 +269,7 @@ def trainer_args(world, out: Path, gateway: str, verifier: str, log_format: str)
         "--teacher-samples", "2",
         "--fork-quantile", "0.5",
         "--min-fork-entropy", "0",
-        "--max-forks", "1",
+        "--chunks-per-response", "1",
         *log_flags(log_format),
     ]  # fmt: skip
 

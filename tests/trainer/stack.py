@@ -18,8 +18,20 @@ TINY_OMNIOPD = [
     "--teacher-samples", "3",
     "--fork-quantile", "0.5",
     "--min-fork-entropy", "0",
-    "--max-forks", "2",
+    "--chunks-per-response", "2",
     "--metric", "lexical",
+]  # fmt: skip
+
+
+# The published objective on the tiny world's short answers: chunks of 3 tokens, at most 3 per
+# response, 3 teacher samples each, edit similarity (after the TINY_OMNIOPD flags, which it
+# overrides where both set a value).
+TINY_LIKELIHOOD = [
+    "--objective", "likelihood",
+    "--chunk-tokens", "3",
+    "--chunks-per-response", "3",
+    "--teacher-samples", "3",
+    "--metric", "edit",
 ]  # fmt: skip
 
 

@@ -18,6 +18,10 @@ from omniopd.trainer.config import (
 )
 
 BASE = ["--student", "s", "--dataset", "d.jsonl", "--method", "grpo"]
+REQUIRED = [
+    *("--student", "s", "--dataset", "d.jsonl", "--gateway", "g:1", "--teacher", "t"),
+    *("--verifier", "http://v"),
+]
 
 
 def test_every_field_is_a_flag_with_dashes():
@@ -116,3 +120,45 @@ def test_docs_list_every_field():
     docs = (Path(__file__).resolve().parents[2] / "docs" / "trainer.md").read_text()
     for name in TrainConfig.model_fields:
         assert f"| `{name}` | `{flag(name)}` |" in docs, f"docs/trainer.md lacks {name}"
+
+
+PUBLISHED = {
+    "chunks_per_response": 10,
+    "chunk_tokens": 50,
+    "teacher_samples": 10,
+    "alpha": 1.0,
+    "beta": 0.1,
+    "metric": "edit",
+}
+
+
+def test_the_likelihood_objective_takes_the_published_defaults():
+    cfg, _ = parse_config([*REQUIRED, "--objective", "likelihood"])
+    assert {k: getattr(cfg, k) for k in PUBLISHED} == PUBLISHED
+    # A flag still wins over the objective's default.
+    cfg, _ = parse_config([*REQUIRED, "--objective", "likelihood", "--chunk-tokens", "8"])
+    assert cfg.chunk_tokens == 8 and cfg.teacher_samples == 10
+    # The drafts objective, and every other method's KL anchor, keep the drafts design's.
+    drafts, _ = parse_config(REQUIRED)
+    assert (drafts.objective, drafts.chunk_tokens, drafts.alpha, drafts.beta) == (
+        "drafts",
+        16,
+        2.0,
+        0.05,
+    )
+    grpo, _ = parse_config(["--student", "s", "--dataset", "d", "--method", "grpo"])
+    assert grpo.beta == 0.05
+
+
+def test_resolved_defaults_are_saved_and_resumed(tmp_path):
+    cfg, _ = parse_config([*REQUIRED, "--objective", "likelihood", "--output-dir", str(tmp_path)])
+    save_config(cfg, tmp_path)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert {k: saved[k] for k in PUBLISHED} == PUBLISHED
+    resumed, _ = parse_config([*REQUIRED, "--output-dir", str(tmp_path), "--resume"])
+    assert resumed.objective == "likelihood" and resumed.chunk_tokens == 50
+
+
+def test_likelihood_refuses_ppo_epochs():
+    with pytest.raises(SystemExit, match="ppo_epochs"):
+        parse_config([*REQUIRED, "--objective", "likelihood", "--ppo-epochs", "2"])

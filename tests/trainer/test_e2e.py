@@ -24,7 +24,7 @@ from omniopd.trainer.checkpoint import latest_checkpoint, list_checkpoints, weig
 from omniopd.trainer.cli import main
 from omniopd.trainer.metrics import STEP_KEYS
 
-from .stack import Process, omniopd_args, service_env, train_command
+from .stack import TINY_LIKELIHOOD, Process, omniopd_args, service_env, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ def check_run(out: Path, steps: int) -> list[dict]:
     for row in rows:
         assert set(STEP_KEYS) <= set(row), set(STEP_KEYS) - set(row)
         assert isinstance(row["loss"], float)
-        for key in ("forks", "forks_failed", "forks_unanimous", "teacher_tokens"):
+        for key in ("forks", "forks_failed", "teacher_tokens"):
             assert isinstance(row[key], int | float), key
         for key in ("time_rollout_s", "time_teacher_s", "time_verifier_s", "time_update_s"):
             assert row[key] >= 0, key
@@ -93,7 +93,7 @@ def test_omniopd_three_steps_then_resume(toy_world, gateway, verifier, tmp_path)
     rows = check_run(out, 3)
     assert sum(r["forks"] for r in rows) > 0
     assert sum(r["teacher_tokens"] for r in rows) > 0
-    assert all(r["forks_failed"] == 0 for r in rows)
+    assert all(r["forks_failed"] == 0 and r["forks_unanimous"] >= 0 for r in rows)
     scored = [r for r in rows if r["forks_scored"]]
     assert scored and all(0 <= r["reward_mean"] <= 1 for r in scored)
     assert "config (saved to" in proc.output  # the resolved config is printed at start
@@ -106,6 +106,38 @@ def test_omniopd_three_steps_then_resume(toy_world, gateway, verifier, tmp_path)
     main([*argv, "--resume", "--steps", "5"])
     rows = check_run(out, 5)
     assert [c.name for c in list_checkpoints(out)] == ["step-0000004", "step-0000005"]
+
+
+def test_likelihood_objective_three_steps_then_resume(toy_world, gateway, verifier, tmp_path):
+    """The published objective: several audits per response, π̂ in [0, 1], KL on the rest."""
+    out = tmp_path / "likelihood"
+    argv = [
+        *common(toy_world, out),
+        *omniopd_args(gateway, verifier),
+        *TINY_LIKELIHOOD,
+    ]
+    main(argv)
+    rows = check_run(out, 3)
+    assert sum(r["forks"] for r in rows) > 0 and sum(r["teacher_tokens"] for r in rows) > 0
+    for r in rows:
+        assert r["forks_failed"] == 0 and r["forks_scored"] == r["forks"]
+        assert r["chunks_per_response"] <= 3 and 0 <= r["audited_fraction"] <= 1
+        assert r["pg_loss"] is None and r["kl"] >= 0
+        if r["forks_scored"]:
+            assert 0 <= r["target_min"] <= r["target_mean"] <= r["target_max"] <= 1
+            assert 0 <= r["k_mean"] <= 3 and 0 < r["prior_mean"] <= 1
+    before = AutoModelForCausalLM.from_pretrained(toy_world.student).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(latest_checkpoint(out) / "model").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    saved = (out / "config.yaml").read_text()
+    assert "objective: likelihood" in saved and "metric: edit" in saved
+
+    # Resume to step 5: continues from step 3; with accumulation the update takes the other
+    # path (forward after the scores), which must give the same kind of step.
+    main([*argv, "--resume", "--steps", "5", "--grad-accum-steps", "2"])
+    rows = check_run(out, 5)
+    assert [c.name for c in list_checkpoints(out)] == ["step-0000004", "step-0000005"]
+    assert all(r["forks_failed"] == 0 for r in rows)
 
 
 @pytest.mark.parametrize("method", ["opd", "sft", "grpo"])
@@ -165,6 +197,18 @@ def test_all_forks_failed_takes_only_the_kl_term(toy_world, gateway, verifier, t
         assert row["teacher_retries"] > 0  # UNAVAILABLE is retried (and counted) first
     logged = capfd.readouterr().err
     assert "no fork was scored" in logged and "KL term only" in logged
+
+
+def test_likelihood_with_every_chunk_failed_takes_only_the_kl_term(
+    toy_world, gateway, verifier, tmp_path
+):
+    out = tmp_path / "dead-likelihood"
+    argv = common(toy_world, out, steps=2) + omniopd_args(gateway, verifier, teacher="dead")
+    main([*argv, *TINY_LIKELIHOOD, "--max-retries", "0"])
+    for row in check_run(out, 2):
+        assert row["forks"] > 0 and row["forks_failed"] == row["forks"]
+        assert row["forks_scored"] == 0 and row["target_mean"] is None
+        assert row["chunk_loss"] == 0 and row["loss"] == pytest.approx(row["kl_loss"])
 
 
 def test_unreachable_services_fail_fast_naming_the_url(toy_world, gateway, verifier, tmp_path):

@@ -1,0 +1,162 @@
+"""The published objective's step 6 (trainer/losses.py, trainer/likelihood.py): the loss and its
+gradient against a hand-computed oracle, the target, and the sliced forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoModelForCausalLM
+
+from omniopd.trainer.likelihood import token_terms
+from omniopd.trainer.losses import (
+    chunk_likelihood_loss,
+    chunk_prior_mean,
+    forward_kl,
+    likelihood_target,
+    unaudited_kl_loss,
+)
+from omniopd.trainer.models import Batch, continuation_logits, token_logprobs
+
+
+def test_target_is_the_smoothed_count():
+    k = torch.tensor([8.0, 0.0, 3.5])
+    prior = torch.tensor([0.5, 0.9, 1.0])
+    got = likelihood_target(k, prior, num_samples=8, alpha=1.0)
+    torch.testing.assert_close(got, torch.tensor([8.5 / 9, 0.9 / 9, 4.5 / 9]))
+    # More prior strength pulls every chunk toward its own π̄.
+    strong = likelihood_target(k, prior, num_samples=8, alpha=1e6)
+    torch.testing.assert_close(strong, prior, atol=1e-4, rtol=0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=10),
+    st.floats(-30.0, 0.0),
+    st.floats(0.01, 100.0),
+)
+def test_target_is_detached_and_in_the_unit_interval(phis, mean_logprob, alpha):
+    n = len(phis)
+    k = torch.tensor([sum(phis)], requires_grad=True)
+    logprobs = torch.full((1, 4), mean_logprob, requires_grad=True)
+    prior = chunk_prior_mean(logprobs)
+    target = likelihood_target(k, prior, num_samples=n, alpha=alpha)
+    assert not target.requires_grad and not prior.requires_grad
+    assert 0.0 <= float(target) <= 1.0
+
+
+def oracle_case():
+    """Two short responses, V = 5: response 0 has 4 tokens, response 1 has 3 (one pad)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, generator=g, dtype=torch.float64)
+    ref_logits = torch.randn(2, 4, 5, generator=g, dtype=torch.float64)
+    tokens = torch.tensor([[1, 3, 0, 2], [4, 4, 1, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
+    # C = 2: response 0 audited at 0..1 (π̂ = 0.7), response 1 at 1..2 (π̂ = 0.4).
+    audited = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0]], dtype=torch.bool)
+    weight = torch.tensor([[0.7, 0.7, 0.0, 0.0], [0.0, 0.4, 0.4, 0.0]], dtype=torch.float64)
+    return logits, ref_logits, tokens, mask, audited, weight
+
+
+def test_loss_and_gradient_match_the_hand_computed_oracle():
+    logits, ref_logits, tokens, mask, audited, weight = oracle_case()
+    logits.requires_grad_(True)
+    beta, B = 0.1, 2.0
+    unaudited = mask & ~audited
+    logp = F.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1) * mask
+    chunk, _ = chunk_likelihood_loss(logp, weight, num_responses=B)
+    kl, metrics = unaudited_kl_loss(
+        forward_kl(logits, ref_logits).double(),
+        unaudited,
+        beta=beta,
+        num_responses=B,
+        num_unaudited=float(unaudited.sum()),
+    )
+    (chunk + kl).backward()
+
+    p = F.softmax(logits.detach(), -1)
+    q = F.softmax(ref_logits, -1)
+    onehot = F.one_hot(tokens, 5).double()
+    want_loss = 0.0
+    want_grad = torch.zeros_like(logits)
+    for b in range(2):
+        for t in range(4):
+            if audited[b, t]:
+                want_loss += -weight[b, t] * torch.log(p[b, t, tokens[b, t]]) / B
+                want_grad[b, t] = -weight[b, t] * (onehot[b, t] - p[b, t]) / B
+            elif mask[b, t]:
+                want_loss += beta * (q[b, t] * (q[b, t].log() - p[b, t].log())).sum() / B
+                want_grad[b, t] = beta * (p[b, t] - q[b, t]) / B
+    assert float((chunk + kl).detach()) == pytest.approx(float(want_loss), rel=1e-6)
+    torch.testing.assert_close(logits.grad, want_grad)
+    # The KL touches only unaudited tokens: audited and padding positions get no KL gradient.
+    assert metrics["kl"] == pytest.approx(
+        float((forward_kl(logits, ref_logits) * unaudited).sum() / unaudited.sum()), rel=1e-6
+    )
+
+
+def test_the_loss_is_a_sum_divided_by_the_number_of_responses():
+    """Doubling the audited tokens doubles the chunk term: no per-token mean anywhere."""
+    logp = torch.full((1, 4), -2.0)
+    one, _ = chunk_likelihood_loss(logp, torch.tensor([[1.0, 1.0, 0.0, 0.0]]), num_responses=1)
+    two, _ = chunk_likelihood_loss(logp, torch.tensor([[1.0, 1.0, 1.0, 1.0]]), num_responses=1)
+    assert float(two) == pytest.approx(2 * float(one)) == pytest.approx(8.0)
+    half, _ = chunk_likelihood_loss(logp, torch.tensor([[1.0, 1.0, 1.0, 1.0]]), num_responses=2)
+    assert float(half) == pytest.approx(4.0)
+
+
+def batch_of(tokenizer, prompts: list[str], answers: list[str]) -> Batch:
+    from omniopd.trainer.models import left_pad, right_pad
+
+    p_ids, p_mask = left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id)
+    t_ids, t_mask = right_pad([tokenizer(a)["input_ids"] for a in answers], tokenizer.pad_token_id)
+    return Batch(p_ids, p_mask, t_ids, t_mask)
+
+
+@pytest.mark.parametrize("slice_tokens", [1, 3, 1024])
+def test_sliced_terms_equal_the_whole_logits(tiny_student, tiny_teacher, slice_tokens):
+    """token_terms through the LM head in slices (checkpointed) = the full-logits computation,
+    values and gradients, at a temperature other than 1."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_student)
+    model = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
+    ref = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
+    with torch.no_grad():  # a reference that differs from the student
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = batch_of(tokenizer, ["1+2=?", "12*3=?"], ["3.", "36 and more"])
+    unaudited = batch.mask_BT.clone()
+    unaudited[1, 2:5] = False
+    weight = torch.zeros(batch.mask_BT.shape)
+    weight[1, 2:5] = 0.6
+
+    logp, kl = token_terms(model, ref, batch, temperature=0.7, slice_tokens=slice_tokens)
+    loss = -(weight * logp).sum() + 0.1 * (kl * unaudited).sum()
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    logits = continuation_logits(model, batch, 0.7)
+    with torch.no_grad():
+        ref_logits = continuation_logits(ref, batch, 0.7)
+    want_logp = token_logprobs(logits, batch.tokens_BT) * batch.mask_BT
+    want_kl = forward_kl(logits, ref_logits) * batch.mask_BT
+    (-(weight * want_logp).sum() + 0.1 * (want_kl * unaudited).sum()).backward()
+    torch.testing.assert_close(logp, want_logp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kl, want_kl, atol=1e-5, rtol=1e-5)
+    assert float(kl[batch.mask_BT].min()) > 0 and float(kl[~batch.mask_BT].abs().max()) == 0
+    for got, want in zip(grads, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_without_a_reference_the_kl_is_zero(tiny_student):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_student)
+    model = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
+    batch = batch_of(tokenizer, ["1+2=?"], ["3."])
+    logp, kl = token_terms(model, None, batch, temperature=1.0)
+    assert float(kl.abs().sum()) == 0 and float(logp[batch.mask_BT].max()) < 0

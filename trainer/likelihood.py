@@ -1,0 +1,342 @@
+"""One step of the published objective (``--objective likelihood``), as docs/method.md's steps.
+
+    1. rollout      the student answers each prompt, keeping H_t and log π        (rollout.py)
+    2. anchors      up to M chunks of C tokens per response, at entropy peaks     (anchors.py)
+    3. speculation  each chunk is the student's own sample: its text and π̄_c     (drafts.py)
+    4. teacher      N continuations of x ⊕ y[:a] per chunk, one stream            (teacher.py)
+    5. agreement    k_c = Σ_n φ(y_c, t_n) from the verifier, then π̂_c            (scores.py)
+    6. update       −Σ π̂_c log π_θ(chunk) + β·Σ KL(π_ref ‖ π_θ) on unaudited tokens, / B
+
+Steps 4 and 5 run on the I/O thread while step 6 does what needs no teacher: the forward pass
+of the responses through the student and the reference, and the KL term's backward. When the
+verifier's counts arrive only the chunk term's backward is left.
+
+Memory: the student's log-probabilities and the exact KL are computed from the last hidden
+states, through the LM head a slice of positions at a time under activation checkpointing, so
+no batch × length × vocabulary tensor is held (a real vocabulary has 49k-150k entries). A
+sharded model (``--fsdp``) runs its head only inside its own forward: there the logits of a
+micro-batch are formed whole and sliced afterwards (``grad_accum_steps`` bounds them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from omniopd.trainer import distributed as dist_utils
+from omniopd.trainer import fsdp
+from omniopd.trainer.anchors import audited_mask, peak_entropy_anchors, random_anchors
+from omniopd.trainer.context import Run
+from omniopd.trainer.data import Example
+from omniopd.trainer.drafts import Drafts, draft_texts, make_drafts
+from omniopd.trainer.loop import sample_responses, teacher_requests
+from omniopd.trainer.losses import (
+    chunk_likelihood_loss,
+    chunk_prior_mean,
+    forward_kl,
+    likelihood_target,
+    unaudited_kl_loss,
+)
+from omniopd.trainer.metrics import response_metrics
+from omniopd.trainer.models import Batch, continuation_logits, positions_from_mask
+from omniopd.trainer.retry import Counters
+from omniopd.trainer.rollout import Rollout
+from omniopd.trainer.scores import ForkScores, ScoreSettings
+from omniopd.trainer.update import micro_batches, optimizer_step
+
+log = logging.getLogger("omniopd.trainer")
+
+# Positions per slice through the LM head: sets the peak memory of the update, not its result.
+SLICE_TOKENS = 1024
+TINY = torch.finfo(torch.float32).tiny  # π̄ is sent as a prior mean in (0, 1]
+
+
+@dataclass
+class Audits:
+    """Steps 2 and 3: the chunks of a step, one draft each (the student's own sample).
+
+    anchors: chunk starts per response; chunks: a :class:`Drafts` with K = 1 whose fork i is
+    chunk i (row-major); prior_mean_C: π̄ per chunk; audited_BT: tokens some chunk covers.
+    """
+
+    anchors: list[list[int]]
+    chunks: Drafts
+    prior_mean_C: torch.Tensor
+    audited_BT: torch.Tensor
+
+    @property
+    def num_chunks(self) -> int:
+        return self.chunks.num_forks
+
+
+def choose_anchors(run: Run, r: Rollout) -> list[list[int]]:
+    """Step 2: peak-entropy anchors, or (control arm) as many at random positions."""
+    cfg = run.config
+    M, C = cfg.chunks_per_response, cfg.chunk_tokens
+    anchors = peak_entropy_anchors(r.entropy_BT, r.response_mask_BT, max_chunks=M, chunk_tokens=C)
+    if cfg.fork_strategy == "random":
+        anchors = random_anchors(
+            [len(a) for a in anchors], r.response_lengths(), chunk_tokens=C, rng=run.fork_rng
+        )
+    return anchors
+
+
+def speculate(run: Run, r: Rollout, anchors: list[list[int]]) -> Audits:
+    """Step 3: each chunk's tokens and π̄ from the rollout itself (no new sampling)."""
+    cfg = run.config
+    chunks = make_drafts(
+        run.model,
+        r,
+        anchors,
+        num_drafts=1,
+        chunk_tokens=cfg.chunk_tokens,
+        temperature=cfg.temperature,
+        eos_ids=run.eos_ids,
+        pad_id=run.pad_id,
+    )
+    prior_mean_C = chunk_prior_mean(chunks.logprobs_FKL[:, 0]).clamp(min=TINY)
+    audited_BT = audited_mask(anchors, tuple(r.response_ids_BT.shape), cfg.chunk_tokens)
+    return Audits(anchors, chunks, prior_mean_C.cpu(), audited_BT.to(r.response_ids_BT.device))
+
+
+def chunk_weights(
+    audits: Audits, target: dict[int, float], shape: tuple[int, int], chunk_tokens: int
+) -> torch.Tensor:
+    """(B, T) π̂ of the scored chunk covering each token; 0 elsewhere (unscored chunks too)."""
+    weight_BT = torch.zeros(shape)
+    for i, value in target.items():
+        b, a = audits.chunks.row_F[i], audits.chunks.position_F[i]
+        weight_BT[b, a : a + chunk_tokens] = value
+    return weight_BT
+
+
+# -- step 6's forward pass, a slice of positions at a time ------------------------------------
+
+
+def continuation_hidden(
+    model: torch.nn.Module, batch: Batch
+) -> tuple[torch.Tensor, torch.nn.Module | None]:
+    """(states (B, T, ·) predicting each continuation token, the head that maps them to logits).
+
+    The states are the decoder's last hidden states and the head the LM head; for a sharded
+    model, whose head only runs inside its own forward, they are the untempered logits and
+    the head is None.
+    """
+    if fsdp.is_sharded(model):
+        return continuation_logits(model, batch, 1.0), None
+    ids_BS = torch.cat([batch.prefix_ids_BP, batch.tokens_BT], dim=1)
+    mask_BS = torch.cat([batch.prefix_mask_BP, batch.mask_BT], dim=1).long()
+    P, T = batch.prefix_ids_BP.shape[1], batch.tokens_BT.shape[1]
+    out = model.get_decoder()(
+        input_ids=ids_BS,
+        attention_mask=mask_BS,
+        position_ids=positions_from_mask(mask_BS),
+        use_cache=False,
+    )
+    return out.last_hidden_state[:, P - 1 : P + T - 1], model.get_output_embeddings()
+
+
+def _slice_terms(
+    states_NH: torch.Tensor,
+    ref_states_NH: torch.Tensor | None,
+    tokens_N: torch.Tensor,
+    head: torch.nn.Module | None,
+    ref_head: torch.nn.Module | None,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π_θ(y) (N,) and KL(π_ref ‖ π_θ) (N,) for one slice of positions (KL 0 without ref)."""
+    logits_NV = (head(states_NH) if head is not None else states_NH).float() / temperature
+    logp_NV = torch.log_softmax(logits_NV, dim=-1)
+    logp_N = logp_NV.gather(-1, tokens_N[:, None]).squeeze(-1)
+    if ref_states_NH is None:
+        return logp_N, torch.zeros_like(logp_N)
+    with torch.no_grad():
+        ref_NV = (ref_head(ref_states_NH) if ref_head is not None else ref_states_NH).float()
+    return logp_N, forward_kl(logits_NV, ref_NV / temperature)
+
+
+def token_terms(
+    model: torch.nn.Module,
+    ref: torch.nn.Module | None,
+    batch: Batch,
+    *,
+    temperature: float,
+    slice_tokens: int = SLICE_TOKENS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π_θ(y_t) (B, T) and KL(π_ref ‖ π_θ)(t) (B, T) at every continuation token, 0 on padding.
+
+    Both carry gradients. Each slice of ``slice_tokens`` positions is checkpointed: its
+    (slice, V) logits are recomputed in the backward pass instead of being kept.
+    """
+    states, head = continuation_hidden(model, batch)
+    ref_states, ref_head = None, None
+    if ref is not None:
+        with torch.no_grad():
+            ref_states, ref_head = continuation_hidden(ref, batch)
+    rows, cols = batch.mask_BT.nonzero(as_tuple=True)
+    tokens_N = batch.tokens_BT[rows, cols]
+    logps, kls = [], []
+    for start in range(0, rows.numel(), slice_tokens):
+        r, c = rows[start : start + slice_tokens], cols[start : start + slice_tokens]
+        args = (
+            states[r, c],
+            ref_states[r, c] if ref_states is not None else None,
+            tokens_N[start : start + slice_tokens],
+            head,
+            ref_head,
+            temperature,
+        )
+        if torch.is_grad_enabled() and states.requires_grad:
+            logp_N, kl_N = checkpoint(_slice_terms, *args, use_reentrant=False)
+        else:
+            logp_N, kl_N = _slice_terms(*args)
+        logps.append(logp_N)
+        kls.append(kl_N)
+    shape = tuple(batch.tokens_BT.shape)
+    zeros = torch.zeros(shape, device=states.device, dtype=torch.float32)
+    if not logps:
+        return zeros, zeros.clone()
+    index = (rows, cols)
+    return zeros.index_put(index, torch.cat(logps)), zeros.index_put(index, torch.cat(kls))
+
+
+# -- the step ------------------------------------------------------------------------------
+
+
+def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
+    """One step of the published objective on this rank's prompts; the step's local metrics."""
+    cfg = run.config
+    prompts = [e.prompt for e in examples]
+    t0 = time.perf_counter()
+
+    # 1. Rollout: a response per prompt, with H_t and log π.
+    r = sample_responses(run, prompts)
+    time_rollout = time.perf_counter() - t0
+    # 2. Anchors at entropy peaks; 3. each chunk is the student's own sample.
+    audits = speculate(run, r, choose_anchors(run, r))
+    partials, texts = draft_texts(run.tokenizer, r, audits.chunks)
+    time_drafts = time.perf_counter() - t0 - time_rollout
+
+    # 4 + 5. Teacher continuations and agreement counts, in the background.
+    counters = Counters()
+    chunk_ids = list(range(audits.num_chunks))
+    future = None
+    if chunk_ids:
+        assert run.services is not None
+        future = run.services.teacher_and_scores(
+            teacher_requests(run, prompts, audits.chunks, partials, texts, chunk_ids),
+            {i: texts[i] for i in chunk_ids},
+            temperature=cfg.teacher_temperature,
+            score_settings=ScoreSettings(cfg.metric, "likelihood", cfg.alpha, "prob"),
+            counters=counters,
+            prior_means={i: [float(audits.prior_mean_C[i])] for i in chunk_ids},
+        )
+
+    # 6. Update. Sums over the step's B responses (all ranks) divided by B.
+    t_update = time.perf_counter()
+    responses = r.as_batch()
+    unaudited_BT = responses.mask_BT.bool() & ~audits.audited_BT
+    num_responses, num_unaudited = dist_utils.sum_floats(
+        [float(len(responses)), float(unaudited_BT.sum())], run.device
+    )
+    ref = run.ref if cfg.beta > 0 else None
+    kl_metrics: dict[str, float] = {}
+
+    def kl_term(kl_BT: torch.Tensor, unaudited: torch.Tensor) -> torch.Tensor:
+        loss, m = unaudited_kl_loss(
+            kl_BT,
+            unaudited,
+            beta=cfg.beta,
+            num_responses=num_responses,
+            num_unaudited=num_unaudited,
+        )
+        for key, value in m.items():
+            kl_metrics[key] = kl_metrics.get(key, 0.0) + value
+        return loss
+
+    # Without accumulation the forward pass and the KL's backward run while the teacher writes;
+    # the graph of the log-probabilities is kept for the chunk term.
+    early = cfg.grad_accum_steps == 1
+    logprobs_BT = None
+    if early:
+        logprobs_BT, kl_BT = token_terms(run.model, ref, responses, temperature=cfg.temperature)
+        if ref is not None:
+            kl_term(kl_BT, unaudited_BT).backward(retain_graph=True)
+    t_wait = time.perf_counter()
+    scores = future.result() if future is not None else ForkScores()
+    time_wait = time.perf_counter() - t_wait
+    run.teacher_chars_per_token.update(scores.teacher_chars, scores.teacher_tokens)
+
+    # π̂ per scored chunk, from the verifier's k and the student's own π̄.
+    scored = [i for i in chunk_ids if i in scores.agreement]
+    k_C = torch.tensor([scores.agreement[i][0] for i in scored], dtype=torch.float32)
+    prior_C = audits.prior_mean_C[scored] if scored else torch.zeros(0)
+    target_C = likelihood_target(k_C, prior_C, num_samples=cfg.teacher_samples, alpha=cfg.alpha)
+    weight_BT = chunk_weights(
+        audits,
+        dict(zip(scored, target_C.tolist(), strict=True)),
+        tuple(responses.tokens_BT.shape),
+        cfg.chunk_tokens,
+    ).to(run.device)
+    chunk_metrics: dict[str, float] = {"chunk_loss": 0.0}
+    if early:
+        assert logprobs_BT is not None
+        loss, chunk_metrics = chunk_likelihood_loss(
+            logprobs_BT, weight_BT, num_responses=num_responses
+        )
+        loss.backward()
+    else:
+        for rows in micro_batches(len(responses), cfg.grad_accum_steps):
+            mb = responses.select(rows)
+            logp_BT, kl_BT = token_terms(run.model, ref, mb, temperature=cfg.temperature)
+            loss, m = chunk_likelihood_loss(logp_BT, weight_BT[rows], num_responses=num_responses)
+            if ref is not None:
+                loss = loss + kl_term(kl_BT, unaudited_BT[rows])
+            loss.backward()
+            chunk_metrics["chunk_loss"] += m["chunk_loss"]
+    grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
+    time_update = time.perf_counter() - t_update - time_wait
+
+    for err in counters.teacher_errors[:3] + counters.verifier_errors[:3]:
+        log.warning("chunk failed: %s", err)
+    response_tokens = float(responses.mask_BT.sum())
+    anchor_entropy = [
+        float(r.entropy_BT[b, a])
+        for b, a in zip(audits.chunks.row_F, audits.chunks.position_F, strict=True)
+    ]
+    return {
+        **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),
+        "loss": chunk_metrics["chunk_loss"] + kl_metrics.get("kl_loss", 0.0),
+        "chunk_loss": chunk_metrics["chunk_loss"],
+        "kl": kl_metrics.get("kl"),
+        "kl_loss": kl_metrics.get("kl_loss"),
+        "forks": audits.num_chunks,
+        "forks_audited": audits.num_chunks,
+        "forks_scored": len(scored),
+        "forks_failed": len(scores.failed),
+        "chunks_per_response": audits.num_chunks / max(1, len(responses)),
+        "audited_fraction": float(audits.audited_BT.sum()) / max(1.0, response_tokens),
+        "k_mean": float(k_C.mean()) if scored else None,
+        "prior_mean": float(prior_C.mean()) if scored else None,
+        "target_mean": float(target_C.mean()) if scored else None,
+        "target_min": float(target_C.min()) if scored else None,
+        "target_max": float(target_C.max()) if scored else None,
+        "entropy_at_forks": sum(anchor_entropy) / len(anchor_entropy) if anchor_entropy else None,
+        "teacher_tokens": scores.teacher_tokens,
+        "teacher_cached": scores.teacher_cached,
+        "teacher_retries": counters.teacher_retries,
+        "verifier_retries": counters.verifier_retries,
+        "verifier_calls": counters.verifier_calls,
+        "time_rollout_s": time_rollout,
+        "time_drafts_s": time_drafts,
+        "time_teacher_s": scores.time_teacher_s,
+        "time_verifier_s": scores.time_verifier_s,
+        "time_wait_s": time_wait,
+        "time_update_s": time_update,
+        "grad_norm": grad_norm,
+    }
