@@ -212,6 +212,9 @@ class TrainConfig(BaseModel):
     def _fill_objective_defaults(cls, values: Any) -> Any:
         if not isinstance(values, dict):
             return values
+        if "max_forks" in values and "chunks_per_response" not in values:  # its old name:
+            values = dict(values)  # a run saved before the rename still resumes
+            values["chunks_per_response"] = values.pop("max_forks")
         missing = {k: v for k, v in objective_defaults(values).items() if values.get(k) is None}
         return values | missing
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,16 +119,43 @@ def chunk_weights(
 # -- step 6's forward pass, a slice of positions at a time ------------------------------------
 
 
+_HEAD_IS_LOGITS: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def head_gives_logits(model: torch.nn.Module) -> bool:
+    """Whether the LM head applied to the decoder's last hidden states gives the model's logits.
+
+    Checked once per model on a few tokens: some architectures change the logits after the
+    head (Gemma's soft-capping, Granite's and Cohere's scaling), and for those the sliced path
+    would score another distribution than the rollout sampled from.
+    """
+    if model not in _HEAD_IS_LOGITS:
+        device = next(model.parameters()).device
+        ids = torch.arange(1, 5, device=device)[None]
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits.float()
+            hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+            via_head = model.get_output_embeddings()(hidden).float()
+        _HEAD_IS_LOGITS[model] = torch.allclose(logits, via_head, rtol=1e-3, atol=1e-3)
+        if not _HEAD_IS_LOGITS[model]:
+            log.warning(
+                "%s: the LM head on the last hidden states does not give the model's logits;"
+                " the update forms whole logits instead of slicing through the head",
+                type(model).__name__,
+            )
+    return _HEAD_IS_LOGITS[model]
+
+
 def continuation_hidden(
     model: torch.nn.Module, batch: Batch
 ) -> tuple[torch.Tensor, torch.nn.Module | None]:
     """(states (B, T, ·) predicting each continuation token, the head that maps them to logits).
 
-    The states are the decoder's last hidden states and the head the LM head; for a sharded
-    model, whose head only runs inside its own forward, they are the untempered logits and
-    the head is None.
+    The states are the decoder's last hidden states and the head the LM head. For a sharded
+    model, whose head only runs inside its own forward, and for one whose logits are not the
+    head's output (:func:`head_gives_logits`), they are the untempered logits and the head None.
     """
-    if fsdp.is_sharded(model):
+    if fsdp.is_sharded(model) or not head_gives_logits(model):
         return continuation_logits(model, batch, 1.0), None
     ids_BS = torch.cat([batch.prefix_ids_BP, batch.tokens_BT], dim=1)
     mask_BS = torch.cat([batch.prefix_mask_BP, batch.mask_BT], dim=1).long()
@@ -260,8 +288,9 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         return loss
 
     # Without accumulation the forward pass and the KL's backward run while the teacher writes;
-    # the graph of the log-probabilities is kept for the chunk term.
-    early = cfg.grad_accum_steps == 1
+    # the graph of the log-probabilities is kept for the chunk term. (A sharded model takes the
+    # other path: one backward per forward.)
+    early = cfg.grad_accum_steps == 1 and not fsdp.is_sharded(run.model)
     logprobs_BT = None
     if early:
         logprobs_BT, kl_BT = token_terms(run.model, ref, responses, temperature=cfg.temperature)
@@ -275,8 +304,9 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     # π̂ per scored chunk, from the verifier's k and the student's own π̄.
     scored = [i for i in chunk_ids if i in scores.agreement]
     k_C = torch.tensor([scores.agreement[i][0] for i in scored], dtype=torch.float32)
+    n_C = torch.tensor([scores.num_teacher[i] for i in scored], dtype=torch.float32)
     prior_C = audits.prior_mean_C[scored] if scored else torch.zeros(0)
-    target_C = likelihood_target(k_C, prior_C, num_samples=cfg.teacher_samples, alpha=cfg.alpha)
+    target_C = likelihood_target(k_C, prior_C, num_samples=n_C, alpha=cfg.alpha)
     weight_BT = chunk_weights(
         audits,
         dict(zip(scored, target_C.tolist(), strict=True)),
@@ -289,7 +319,8 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         loss, chunk_metrics = chunk_likelihood_loss(
             logprobs_BT, weight_BT, num_responses=num_responses
         )
-        loss.backward()
+        if scored or ref is None:  # else the KL's backward has already given every gradient
+            loss.backward()
     else:
         for rows in micro_batches(len(responses), cfg.grad_accum_steps):
             mb = responses.select(rows)
@@ -305,9 +336,9 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     for err in counters.teacher_errors[:3] + counters.verifier_errors[:3]:
         log.warning("chunk failed: %s", err)
     response_tokens = float(responses.mask_BT.sum())
+    entropy = r.entropy_BT.tolist()
     anchor_entropy = [
-        float(r.entropy_BT[b, a])
-        for b, a in zip(audits.chunks.row_F, audits.chunks.position_F, strict=True)
+        entropy[b][a] for b, a in zip(audits.chunks.row_F, audits.chunks.position_F, strict=True)
     ]
     return {
         **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),

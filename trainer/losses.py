@@ -139,13 +139,18 @@ def cross_entropy_loss(
 
 
 def likelihood_target(
-    k_C: torch.Tensor, prior_mean_C: torch.Tensor, *, num_samples: int, alpha: float
+    k_C: torch.Tensor,
+    prior_mean_C: torch.Tensor,
+    *,
+    num_samples: int | torch.Tensor,
+    alpha: float,
 ) -> torch.Tensor:
     """π̂_c = (k_c + α·π̄_c) / (N + α) per chunk (C,), detached: a weight, never a gradient path.
 
     ``k_C`` is the teacher's soft agreement count Σ_n φ(y_c, t_n) ∈ [0, N]; ``prior_mean_C`` is
     π̄_c ∈ (0, 1], the student's geometric-mean token probability on its own chunk (the
-    Dirichlet-Multinomial prior mean). The result lies in [0, 1].
+    Dirichlet-Multinomial prior mean); ``num_samples`` is N, or N_c (C,) per chunk (the
+    continuations the teacher returned). The result lies in [0, 1].
     """
     k = k_C.detach().float()
     prior = prior_mean_C.detach().float()

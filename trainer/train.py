@@ -64,8 +64,8 @@ STEPS: dict[str, Callable[[Run, list[Example]], dict[str, Any]]] = {
     "sft": sft_step,
     "grpo": grpo_step,
 }
-# How per-rank metrics combine into the step's: counts and loss shares add up, times take the
-# slowest rank, everything else is averaged.
+# How per-rank metrics combine into the step's: counts and loss shares add up, times and *_max
+# take the largest rank's value, *_min the smallest, everything else is averaged.
 SUMMED = {
     "loss",
     "pg_loss",
@@ -117,8 +117,10 @@ def merge_ranks(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = None
         elif key in SUMMED:
             out[key] = sum(values)
-        elif key.startswith("time_"):
+        elif key.startswith("time_") or key.endswith("_max"):
             out[key] = max(values)
+        elif key.endswith("_min"):
+            out[key] = min(values)
         else:
             out[key] = sum(values) / len(values)
     return out

@@ -106,12 +106,13 @@ def rouge1_tokens(text: str) -> Counter[str]:
 
 
 def rouge1_f1(a: Counter[str], b: Counter[str]) -> float:
-    """ROUGE-1 F1 of two unigram multisets in [0, 1] (symmetric); two empty texts score 1."""
+    """ROUGE-1 F1 of two unigram multisets in [0, 1] (symmetric). A text without a token scores
+    0 against anything, itself included, as in ROUGE's reference scorer: text that is only
+    punctuation or other scripts carries no evidence of agreement."""
     na, nb = a.total(), b.total()
-    if na == 0 and nb == 0:
-        return 1.0
-    hit = _matches(a, b) if na and nb else 0
-    return 2.0 * hit / (na + nb)
+    if na == 0 or nb == 0:
+        return 0.0
+    return 2.0 * _matches(a, b) / (na + nb)
 
 
 def rouge1_matrix(rows: Sequence[Counter[str]], cols: Sequence[Counter[str]]) -> np.ndarray:

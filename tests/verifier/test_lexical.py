@@ -97,7 +97,8 @@ def test_rouge1_hand_computed():
     # "the cat sat" (3) vs "the the cat" (3): matches min(1,2) + 1 = 2 -> F1 = 2*2/6.
     assert r("the cat sat", "the the cat") == pytest.approx(2 / 3)
     assert r("A B", "b a") == 1.0
-    assert r("", "...") == 1.0  # neither has a token
+    # A text without a token is no evidence of agreement (ROUGE's reference scorer: F = 0).
+    assert r("", "...") == 0.0 and r("**", "**") == 0.0 and r("中文", "中文") == 0.0
     assert r("", "x") == 0.0
     rows = [rouge1_tokens(t) for t in ("a b", "c")]
     assert rouge1_matrix(rows, rows).tolist() == [[1.0, 0.0], [0.0, 1.0]]
@@ -106,8 +107,12 @@ def test_rouge1_hand_computed():
 @settings(max_examples=60, deadline=None)
 @given(st.text(max_size=30), st.text(max_size=30))
 def test_edit_and_rouge1_are_symmetric_and_bounded(a, b):
-    for f in (edit_similarity, lambda x, y: rouge1_f1(rouge1_tokens(x), rouge1_tokens(y))):
+    def rouge(x: str, y: str) -> float:
+        return rouge1_f1(rouge1_tokens(x), rouge1_tokens(y))
+
+    for f in (edit_similarity, rouge):
         value = f(a, b)
         assert 0.0 <= value <= 1.0
         assert value == pytest.approx(f(b, a))
-        assert f(a, a) == 1.0
+    assert edit_similarity(a, a) == 1.0
+    assert rouge(a, a) == (1.0 if rouge1_tokens(a) else 0.0)
