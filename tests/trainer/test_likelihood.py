@@ -160,3 +160,26 @@ def test_without_a_reference_the_kl_is_zero(tiny_student):
     batch = batch_of(tokenizer, ["1+2=?"], ["3."])
     logp, kl = token_terms(model, None, batch, temperature=1.0)
     assert float(kl.abs().sum()) == 0 and float(logp[batch.mask_BT].max()) < 0
+
+
+def test_a_model_whose_logits_are_not_the_heads_output_is_scored_by_its_logits(tiny_student):
+    """Scaling or soft-capping after the LM head (Granite, Cohere, Gemma): the sliced path would
+    score another distribution, so token_terms uses the model's own logits."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from omniopd.trainer.likelihood import head_gives_logits
+
+    class Capped(LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits / 2.0  # as Granite divides by its logits_scaling
+            return out
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_student)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
+    capped = Capped.from_pretrained(tiny_student).eval()
+    assert head_gives_logits(plain) and not head_gives_logits(capped)
+    batch = batch_of(tokenizer, ["1+2=?"], ["3 and 4."])
+    logp, _ = token_terms(capped, None, batch, temperature=1.0)
+    want = token_logprobs(continuation_logits(capped, batch, 1.0), batch.tokens_BT) * batch.mask_BT
+    torch.testing.assert_close(logp, want)
