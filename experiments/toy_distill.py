@@ -94,13 +94,23 @@ class Arm:
 # OmniOPD's knobs that the ablations change, pinned for every OmniOPD arm: a change of the
 # trainer's defaults cannot silently turn an ablation into a copy of the base arm.
 OMNIOPD_BASE = (
-    *("--prior", "student", "--metric", "embedding", "--fork-strategy", "peak"),
-    *("--alpha", "2", "--reward", "prob", "--baseline", "group"),
+    *("--objective", "drafts", "--prior", "student", "--metric", "embedding"),
+    *("--fork-strategy", "peak", "--alpha", "2", "--reward", "prob", "--baseline", "group"),
+)
+# The published objective, sized for the toy world's ~27-token answers: 2 chunks of 8 tokens
+# per response (about 60% of an answer audited), 8 teacher samples each; α and β as published.
+# The paper's C = 50 would not fit in one toy answer.
+LIKELIHOOD_BASE = (
+    *("--objective", "likelihood", "--metric", "edit", "--fork-strategy", "peak"),
+    *("--chunk-tokens", "8", "--chunks-per-response", "2", "--teacher-samples", "8"),
+    *("--alpha", "1", "--beta", "0.1"),
 )
 
 
-def _ablation(name: str, what: str, flag: str, value: str) -> Arm:
-    flags = list(OMNIOPD_BASE)
+def _ablation(
+    name: str, what: str, flag: str, value: str, base: tuple[str, ...] = OMNIOPD_BASE
+) -> Arm:
+    flags = list(base)
     flags[flags.index(flag) + 1] = value
     return Arm(name, "omniopd", what, TEACHER, tuple(flags), ablation=True)
 
@@ -128,6 +138,12 @@ ARMS: tuple[Arm, ...] = (
               "logratio"),
     _ablation("omniopd-batch-baseline", "advantages centred over the step, not per fork",
               "--baseline", "batch"),
+    Arm("omniopd-likelihood", "omniopd", "the published objective: π̂-weighted likelihood of "
+        "the student's own chunks, edit similarity", TEACHER, LIKELIHOOD_BASE),
+    _ablation("omniopd-likelihood-rouge1", "the published objective with ROUGE-1 F1",
+              "--metric", "rouge1", LIKELIHOOD_BASE),
+    _ablation("omniopd-likelihood-embedding", "the published objective with embedding cosine",
+              "--metric", "embedding", LIKELIHOOD_BASE),
 )  # fmt: skip
 ARM_NAMES = tuple(a.name for a in ARMS)
 MAIN_ARMS = ("student", "sft", "grpo", "opd", "omniopd", "omniopd-char")
@@ -432,6 +448,9 @@ DIAGNOSTICS = (
     "reward_mean", "advantage_std", "kl", "opd_kl", "sft_loss", "forks", "forks_scored",
     "forks_unanimous", "entropy_at_forks", "entropy_mean", "response_tokens_mean",
     "repetition_rate", "truncated_rate", "grad_norm", "time_step_s",
+    # the published objective's (--objective likelihood)
+    "chunks_per_response", "audited_fraction", "k_mean", "prior_mean", "target_mean",
+    "target_min", "target_max",
 )  # fmt: skip
 
 
@@ -901,6 +920,10 @@ Stated before the run (issue 7), judged from the numbers below:
 """
 
 
+def _has_target(arm: dict[str, Any]) -> bool:
+    return (arm.get("diagnostics") or {}).get("target_mean") is not None
+
+
 def experiment_command(argv: list[str]) -> str:
     return "python experiments/toy_distill.py" + "".join(f" {shlex.quote(a)}" for a in argv)
 
@@ -1014,6 +1037,24 @@ def markdown(summary: dict[str, Any], notes: str | None) -> str:
             f"{num(d['entropy_at_forks'])} | {num(d['response_tokens_mean'])} | "
             f"{pct(d['repetition_rate'])} | {a.get('forks_failed', 0)} |"
         )
+    published = {n: a["diagnostics"] for n, a in arms.items() if _has_target(a)}
+    if published:
+        lines += [
+            "",
+            "The published objective's arms (`--objective likelihood`): chunks audited per "
+            "response, the fraction of response tokens they cover, the teacher's soft agreement "
+            "count k (of N), the student's own π̄, and the target π̂ (mean, and the mean of "
+            "each step's min and max).",
+            "",
+            "| arm | chunks / response | audited | k | π̄ | π̂ | π̂ min | π̂ max | KL / unaudited token |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, d in published.items():
+            lines.append(
+                f"| `{name}` | {num(d['chunks_per_response'])} | {pct(d['audited_fraction'])} "
+                f"| {num(d['k_mean'])} | {num(d['prior_mean'])} | {num(d['target_mean'])} "
+                f"| {num(d['target_min'])} | {num(d['target_max'])} | {num(d['kl'])} |"
+            )
     lines += ["", "## Findings", ""]
     lines.append(notes.strip() if notes else "No analysis has been written for these numbers yet.")
     lines += [

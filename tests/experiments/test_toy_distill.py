@@ -28,7 +28,7 @@ TINY_TRAINER = [
     "--teacher-samples", "3",
     "--fork-quantile", "0.5",
     "--min-fork-entropy", "0",
-    "--max-forks", "2",
+    "--chunks-per-response", "2",
 ]  # fmt: skip
 
 
