@@ -17,16 +17,7 @@ import random
 
 import torch
 
-
-def greedy_non_overlapping(order: list[int], max_chunks: int, chunk_tokens: int) -> list[int]:
-    """Take starts in ``order`` while each is at least ``chunk_tokens`` from those taken."""
-    chosen: list[int] = []
-    for a in order:
-        if len(chosen) == max_chunks:
-            break
-        if all(abs(a - b) >= chunk_tokens for b in chosen):
-            chosen.append(a)
-    return sorted(chosen)
+from omniopd.trainer.forks import pick_spaced
 
 
 def select_anchors(
@@ -35,11 +26,12 @@ def select_anchors(
     """Chunk starts (ascending) for one response of ``length`` tokens with entropies ``H_t``.
 
     Candidates are ``0 … length − C``; ranked by (H, position) descending, so equal entropies go
-    to the later position; taken greedily without overlap, at most ``max_chunks``.
+    to the later position; taken greedily without overlap (starts at least C apart), at most
+    ``max_chunks`` (the drafts objective's :func:`~omniopd.trainer.forks.pick_spaced`).
     """
     candidates = range(max(0, length - chunk_tokens + 1))
     order = sorted(candidates, key=lambda a: (entropy_T[a], a), reverse=True)
-    return greedy_non_overlapping(order, max_chunks, chunk_tokens)
+    return pick_spaced(order, max_chunks, chunk_tokens)
 
 
 def peak_entropy_anchors(
@@ -65,7 +57,7 @@ def random_anchors(
     for count, n in zip(counts, lengths, strict=True):
         order = list(range(max(0, n - chunk_tokens + 1)))
         rng.shuffle(order)
-        out.append(greedy_non_overlapping(order, count, chunk_tokens))
+        out.append(pick_spaced(order, count, chunk_tokens))
     return out
 
 

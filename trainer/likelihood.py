@@ -47,7 +47,7 @@ from omniopd.trainer.metrics import response_metrics
 from omniopd.trainer.models import Batch, continuation_logits, positions_from_mask
 from omniopd.trainer.retry import Counters
 from omniopd.trainer.rollout import Rollout
-from omniopd.trainer.scores import ForkScores, ScoreSettings
+from omniopd.trainer.scores import ForkScores, ScoreSettings, service_metrics
 from omniopd.trainer.update import micro_batches, optimizer_step
 
 log = logging.getLogger("omniopd.trainer")
@@ -358,15 +358,9 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         "target_min": float(target_C.min()) if scored else None,
         "target_max": float(target_C.max()) if scored else None,
         "entropy_at_forks": sum(anchor_entropy) / len(anchor_entropy) if anchor_entropy else None,
-        "teacher_tokens": scores.teacher_tokens,
-        "teacher_cached": scores.teacher_cached,
-        "teacher_retries": counters.teacher_retries,
-        "verifier_retries": counters.verifier_retries,
-        "verifier_calls": counters.verifier_calls,
+        **service_metrics(scores, counters),
         "time_rollout_s": time_rollout,
         "time_drafts_s": time_drafts,
-        "time_teacher_s": scores.time_teacher_s,
-        "time_verifier_s": scores.time_verifier_s,
         "time_wait_s": time_wait,
         "time_update_s": time_update,
         "grad_norm": grad_norm,

@@ -34,7 +34,7 @@ from omniopd.trainer.metrics import response_metrics
 from omniopd.trainer.models import continuation_logits, encode_prompts, token_logprobs
 from omniopd.trainer.retry import Counters
 from omniopd.trainer.rollout import Rollout, rollout
-from omniopd.trainer.scores import ForkScores, ScoreSettings
+from omniopd.trainer.scores import ForkScores, ScoreSettings, service_metrics
 from omniopd.trainer.teacher import TeacherRequest, request_seed, teacher_max_tokens
 from omniopd.trainer.update import kl_anchor_backward, optimizer_step, policy_gradient_backward
 
@@ -285,15 +285,9 @@ def omniopd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         "forks_failed": len(scores.failed),
         "forks_unanimous": len(unanimous),
         "entropy_at_forks": sum(fork_entropy) / len(fork_entropy) if fork_entropy else None,
-        "teacher_tokens": scores.teacher_tokens,
-        "teacher_cached": scores.teacher_cached,
-        "teacher_retries": counters.teacher_retries,
-        "verifier_retries": counters.verifier_retries,
-        "verifier_calls": counters.verifier_calls,
+        **service_metrics(scores, counters),
         "time_rollout_s": time_rollout,
         "time_drafts_s": time_drafts,
-        "time_teacher_s": scores.time_teacher_s,
-        "time_verifier_s": scores.time_verifier_s,
         "time_wait_s": time_wait,
         "time_update_s": time_update,
         "grad_norm": grad_norm,

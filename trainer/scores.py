@@ -50,6 +50,19 @@ class ForkScores:
     time_verifier_s: float = 0.0
 
 
+def service_metrics(scores: ForkScores, counters: Counters) -> dict[str, float]:
+    """A step's teacher and verifier figures (steps 4 and 5), the same for both objectives."""
+    return {
+        "teacher_tokens": scores.teacher_tokens,
+        "teacher_cached": scores.teacher_cached,
+        "teacher_retries": counters.teacher_retries,
+        "verifier_retries": counters.verifier_retries,
+        "verifier_calls": counters.verifier_calls,
+        "time_teacher_s": scores.time_teacher_s,
+        "time_verifier_s": scores.time_verifier_s,
+    }
+
+
 async def with_retries(
     call: Callable[[], Awaitable[object]], policy: RetryPolicy, counters: Counters
 ) -> object:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,39 @@ def toy_teacher_dir() -> Path:
     out = Path(tempfile.mkdtemp(prefix="omniopd-gw-toy-"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)
     return Path(build_tiny(out).teacher)
+
+
+@contextmanager
+def transformers_serve(model_dir: Path, log_path: Path, timeout_s: float) -> Iterator[str]:
+    """``transformers serve <model_dir>`` on 127.0.0.1 (port 0), offline, on the CPU: a real
+    OpenAI-compatible server that nobody here wrote. Yields its base URL; stops it after."""
+    command = [
+        str(Path(sys.executable).with_name("transformers")),
+        *("serve", str(model_dir), "--host", "127.0.0.1", "--port", "0", "--device", "cpu"),
+        *("--log-level", "info"),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = log_path.read_text(errors="replace")
+            if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", text):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"transformers serve did not start; its log ends:\n{text[-3000:]}"
+                )
+            time.sleep(0.2)
+        yield found.group(1)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def hf_teacher(name: str = "toy", **fields: Any) -> dict[str, Any]:

@@ -13,11 +13,6 @@ sends its request again through ``AsyncOpenAI.completions.create`` and compares 
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +23,7 @@ from omniopd.gateway.providers.base import create_provider
 from omniopd.gateway.providers.openai_completions import server_prompt
 
 from .gwtools import toy_teacher_dir
+from .gwtools import transformers_serve as serve_model
 from .standins import openai_api
 from .standins.server import Fault
 from .standins.textgen import generate
@@ -242,40 +238,8 @@ def test_a_templated_bos_is_not_doubled():
 def transformers_serve(teacher_dir, tmp_path_factory):
     """``transformers serve <toy teacher>`` on 127.0.0.1, port 0, offline; yields its base URL."""
     log_path = tmp_path_factory.mktemp("transformers-serve") / "serve.log"
-    command = [
-        str(Path(sys.executable).with_name("transformers")),
-        "serve",
-        str(teacher_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--device",
-        "cpu",
-        "--log-level",
-        "info",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + SERVE_START_TIMEOUT
-        url = None
-        while url is None:
-            text = log_path.read_text(errors="replace")
-            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", text)
-            url = found.group(1) if found else None
-            if url is None and (process.poll() is not None or time.monotonic() > deadline):
-                pytest.fail(f"transformers serve did not start; its log ends:\n{text[-3000:]}")
-            time.sleep(0.2)
+    with serve_model(teacher_dir, log_path, SERVE_START_TIMEOUT) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

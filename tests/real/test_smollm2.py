@@ -14,10 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -32,6 +28,7 @@ from omniopd.trainer.checkpoint import latest_checkpoint
 from omniopd.trainer.cli import main
 from omniopd.trainer.models import eos_token_ids, load_tokenizer
 from omniopd.trainer.rollout import rollout
+from tests.gateway.gwtools import transformers_serve as serve_model
 from tests.trainer.stack import service_env
 
 pytestmark = pytest.mark.slow
@@ -65,29 +62,8 @@ def problems(tmp_path_factory) -> Path:
 def transformers_serve(smollm2, tmp_path_factory):
     """``transformers serve`` hosting the SmolLM2 folder on 127.0.0.1 (port 0); its base URL."""
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [
-        str(Path(sys.executable).with_name("transformers")),
-        *("serve", str(smollm2), "--host", "127.0.0.1", "--port", "0", "--device", "cpu"),
-    ]
-    with log_path.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=service_env())
-    try:
-        deadline = time.monotonic() + SERVE_START_TIMEOUT
-        while True:
-            text = log_path.read_text(errors="replace")
-            if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", text):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not start; its log ends:\n{text[-3000:]}")
-            time.sleep(0.2)
-        yield found.group(1)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serve_model(smollm2, log_path, SERVE_START_TIMEOUT) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
