@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from omniopd.trainer.checkpoint import latest_checkpoint, weights_digest
 
-from .stack import Process, service_env
+from .stack import TINY_LIKELIHOOD, Process, service_env
 from .test_e2e import DEVICE, DTYPE, NPROC, check_run, common, omniopd_args, read_metrics
 
 pytestmark = pytest.mark.slow
@@ -111,3 +111,18 @@ def test_opd_baseline_matches_unsharded_with_evaluation(toy_world, tmp_path):
     keys = ("opd_kl", "kl", "loss", "grad_norm", "eval_n", "eval_accuracy_greedy")
     assert_same_metrics(read_metrics(unsharded), read_metrics(sharded), keys)
     assert read_metrics(sharded)[-1]["eval_n"] == 8
+
+
+def test_likelihood_objective_matches_unsharded(toy_world, gateway, verifier, tmp_path):
+    """The published objective: unsharded, its update slices through the LM head and keeps the
+    graph for the chunk term; sharded, it forms whole logits and takes one backward per
+    forward. The two paths give the same steps."""
+    argv = [*omniopd_args(gateway, verifier), *TINY_LIKELIHOOD, "--seed", "5"]
+    unsharded, sharded = tmp_path / "unsharded", tmp_path / "sharded"
+    train(*common(toy_world, unsharded, steps=2), *argv)
+    train(*common(toy_world, sharded, steps=2), *argv, "--fsdp")
+    assert_same_checkpoint(checkpoint(unsharded, 2), checkpoint(sharded, 2))
+    rows = check_run(unsharded, 2)
+    assert all(r["forks_scored"] > 0 for r in rows)
+    keys = ("forks", "forks_scored", "target_mean", "chunk_loss", "kl", "loss", "grad_norm")
+    assert_same_metrics(rows, check_run(sharded, 2), keys)
