@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from omniopd.paths import omniopd_home
+from omniopd.paths import make_readable, omniopd_home
 
 log = logging.getLogger("omniopd.pretrained")
 
@@ -69,13 +69,6 @@ MODELS = {
         folder="SmolLM2-135M-Instruct",
     ),
 }
-
-
-def make_readable(folder: Path) -> None:
-    """Files others can read (safetensors writes 0600): a container running as another user,
-    or a second account on the machine, loads the folder too."""
-    for path in [folder, *folder.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def convert(model: PackagedGGUF, out: Path) -> None:

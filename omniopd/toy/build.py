@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from omniopd.log import JsonFormatter
-from omniopd.paths import omniopd_home
+from omniopd.paths import make_readable, omniopd_home
 from omniopd.toy.recipe import ModelSpec, Recipe
 from omniopd.toy.world import MANIFEST, MODEL_DIRS, ToyWorld
 
@@ -200,6 +200,7 @@ def ensure_toy_world(
             old = root.with_name(f".old-{root.name}-{os.getpid()}")
             root.rename(old)
             shutil.rmtree(old)
+        make_readable(temp)  # uid 1000 in the images reads it too (safetensors writes 0600)
         temp.rename(root)  # atomic on one filesystem: the world appears complete or not at all
         log.info("toy world built in %.0f s", manifest["build_seconds"])
     return ToyWorld.at(root)
@@ -217,4 +218,5 @@ def copy_world(world: ToyWorld, out: Path) -> ToyWorld:
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty; give a new or empty folder")
     shutil.copytree(world.root, out, dirs_exist_ok=True)
+    make_readable(out)  # a cache built before worlds were made readable is copied readable
     return ToyWorld.at(out)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from omniopd.paths import make_readable
 from omniopd.toy.recipe import TINY, ModelSpec, Recipe
 from omniopd.toy.task import Splits, make_splits, write_jsonl
 from omniopd.toy.text import char_tokenizer, train_bpe_tokenizer
@@ -148,4 +149,5 @@ def build_tiny(out_dir: Path | str, recipe: Recipe = TINY) -> ToyWorld:
         "build_seconds": round(time.perf_counter() - start, 2),
     }
     (world.root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    make_readable(world.root)
     return world

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -179,6 +183,31 @@ async def test_an_hf_teacher_that_cannot_load_fails_at_start(tmp_path):
     config = parse_config({"teachers": [hf_teacher(model=str(tmp_path / "missing"))]})
     with pytest.raises(StartupError, match="teacher 'toy'"):
         await create_server(config, "127.0.0.1:0")
+
+
+async def test_an_unreadable_model_fails_at_start_saying_permission_and_path(
+    teacher_dir, monkeypatch
+):
+    """A model folder saved 0600 by another user (the toy world before it was made readable,
+    mounted into an image that runs as uid 1000): the start-up error says permission denied and
+    names the file, not "No such file or directory". The tests run as root, who reads anything,
+    so the gateway is made to see itself as uid 1000 (its identity, not the code under test)."""
+    folder = Path(tempfile.mkdtemp(prefix="omniopd-unreadable-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        model = Path(shutil.copytree(teacher_dir, folder / "teacher"))
+        (model / "model.safetensors").chmod(0o600)
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)
+        monkeypatch.setattr(os, "getegid", lambda: 1000)
+        monkeypatch.setattr(os, "getgroups", lambda: [1000])
+        config = parse_config({"teachers": [hf_teacher(model=str(model))]})
+        with pytest.raises(StartupError) as info:
+            await create_server(config, "127.0.0.1:0")
+        message = str(info.value)
+        assert "teacher 'toy'" in message and "permission denied (mode 600" in message
+        assert str(model / "model.safetensors") in message
+    finally:
+        shutil.rmtree(folder)
 
 
 async def test_unknown_teacher_through_the_gateway_lists_the_known(teacher_dir):

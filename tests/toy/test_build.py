@@ -164,3 +164,22 @@ def test_copy_world(micro_world, tmp_path):
     (busy / "x").write_text("keep me")
     with pytest.raises(FileExistsError, match="is not empty"):
         copy_world(micro_world, busy)
+
+
+def all_readable(root: Path) -> bool:
+    """Every folder 0755 and every file 0644: a container's uid 1000 can load the models."""
+    items = [root, *root.rglob("*")]
+    return all((p.stat().st_mode & 0o777) == (0o755 if p.is_dir() else 0o644) for p in items)
+
+
+def test_built_and_copied_worlds_are_readable_by_everyone(micro_world, tmp_path):
+    """safetensors writes its file 0600; a world folder must not keep that mode."""
+    from omniopd.toy.world import build_tiny
+
+    assert all_readable(micro_world.root)
+    assert all_readable(build_tiny(tmp_path / "tiny").root)
+    (micro_world.teacher / "model.safetensors").chmod(0o600)  # a cache from before the fix
+    try:
+        assert all_readable(copy_world(micro_world, tmp_path / "copy").root)
+    finally:
+        (micro_world.teacher / "model.safetensors").chmod(0o644)

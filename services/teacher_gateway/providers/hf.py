@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from omniopd.gateway.providers.base import (
     SampleResult,
 )
 from omniopd.gateway.providers.local import render_prompt, require_chat_template
+from omniopd.paths import unreadable
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROMPT_MEMO = 256  # rendered prompts kept between estimate_input_tokens and sample
@@ -99,6 +101,9 @@ class HFProvider(Provider):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         c = self.config
+        for path in {c.model, c.tokenizer or c.model}:  # a hub name is no local path: skipped
+            if problem := unreadable(Path(path)):
+                raise PermissionError(f"teacher {c.name!r}: cannot read its model: {problem}")
         self.tokenizer = AutoTokenizer.from_pretrained(c.tokenizer or c.model)
         require_chat_template(self.tokenizer, c.tokenizer or c.model)
         dtype = "auto" if c.dtype == "auto" else DTYPES[c.dtype]
