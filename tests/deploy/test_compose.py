@@ -8,6 +8,7 @@ needs no engine for ``config``. The rest reads the file as Compose resolved it.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shlex
@@ -43,10 +44,15 @@ def compose_command() -> list[str]:
     pytest.fail(INSTALL_HINT, pytrace=False)
 
 
+def compose_text() -> str:
+    """Both Compose files (docker-compose.yml and its host-network variant), comments left out."""
+    text = COMPOSE.read_text() + ROOT.joinpath("docker-compose.host.yml").read_text()
+    return "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+
+
 def compose_variables() -> set[str]:
-    """Every ``${NAME}`` the file reads (comment lines left out)."""
-    lines = [ln for ln in COMPOSE.read_text().splitlines() if not ln.lstrip().startswith("#")]
-    return set(VARIABLE.findall("\n".join(lines)))
+    """Every ``${NAME}`` the Compose files read."""
+    return set(VARIABLE.findall(compose_text()))
 
 
 def run_compose(
@@ -142,13 +148,15 @@ def test_env_example_documents_every_variable():
         if re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", line)
     }
     used = compose_variables()
-    assert used - documented == set(), "variables of docker-compose.yml missing from .env.example"
+    assert used - documented == set(), "variables of the Compose files missing from .env.example"
     assert documented - used == set(), ".env.example documents variables compose never reads"
 
 
 def test_env_example_defaults_match_compose():
     """A value in .env.example is the default compose uses when the line is left out."""
-    defaults = dict(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}", COMPOSE.read_text()))
+    found = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}", compose_text())
+    assert all(dict(found)[name] == value for name, value in found), "defaults disagree"
+    defaults = dict(found)
     for line in ENV_EXAMPLE.read_text().splitlines():
         if re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", line):
             name, value = line.split("=", 1)
@@ -386,3 +394,80 @@ def test_verifier_default_model_is_the_packaged_one(services):
     from omniopd.verifier.protocol import DEFAULT_MODEL
 
     assert services["verifier"]["environment"]["OMNIOPD_VERIFIER_MODEL"] == DEFAULT_MODEL
+
+
+# -- what a real engine showed (deploy/smoke.sh's issue): Compose v1, ports, host networking --
+
+HOST_COMPOSE = ROOT / "docker-compose.host.yml"
+OTHER_PORTS = {
+    "GATEWAY_PORT": "6101",
+    "GATEWAY_METRICS_PORT": "6102",
+    "VERIFIER_PORT": "6103",
+    "VLLM_PORT": "6104",
+    "REDIS_PORT": "6105",
+}
+
+
+def resolved(env_file: Path, compose_file: Path = COMPOSE) -> dict[str, dict]:
+    proc = run_compose(env_file, "config", compose_file=compose_file)
+    assert proc.returncode == 0, f"{' '.join(proc.args)}\n{proc.stderr}"
+    return yaml.safe_load(proc.stdout)["services"]
+
+
+@pytest.fixture(scope="module")
+def other_ports_env(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("compose") / "ports.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in OTHER_PORTS.items()))
+    return path
+
+
+def test_gpu_counts_are_what_compose_v1_accepts(services):
+    """Compose 1.29 keeps an interpolated ``count`` a string and then refuses it on every
+    command that talks to the engine: a count must be a number or "all" once resolved."""
+    for name in ("trainer", "vllm"):
+        for device in services[name]["deploy"]["resources"]["reservations"]["devices"]:
+            count = device.get("count")
+            assert count is None or count == "all" or isinstance(count, int), (name, count)
+
+
+@pytest.mark.parametrize("compose_file", [COMPOSE, HOST_COMPOSE], ids=["bridge", "host"])
+def test_healthchecks_and_services_follow_the_configured_ports(other_ports_env, compose_file):
+    """With other ports (a second stack, host networking) each service listens on its port and
+    its healthcheck asks that port, so it is not reported unhealthy."""
+    services = resolved(other_ports_env, compose_file)
+    gateway, verifier = services["gateway"], services["verifier"]
+    assert gateway["command"][gateway["command"].index("--port") + 1] == "6101"
+    assert gateway["command"][gateway["command"].index("--metrics-port") + 1] == "6102"
+    assert verifier["command"][verifier["command"].index("--port") + 1] == "6103"
+    assert gateway["healthcheck"]["test"][-1] == "127.0.0.1:6101"
+    assert verifier["healthcheck"]["test"][-1] == "http://127.0.0.1:6103/readyz"
+    trainer = services["trainer"]["command"]
+    assert trainer[trainer.index("--gateway") + 1].endswith(":6101")
+    assert trainer[trainer.index("--verifier") + 1].endswith(":6103")
+    if compose_file == HOST_COMPOSE:
+        assert "6105" in " ".join(services["redis"]["healthcheck"]["test"])
+        assert "6104" in " ".join(services["vllm"]["healthcheck"]["test"])
+        assert gateway["environment"]["REDIS_URL"] == "redis://127.0.0.1:6105/0"
+
+
+def test_the_host_network_variant_is_the_same_stack_on_the_hosts_network(empty_env):
+    """docker-compose.host.yml: valid, every service on the host's network with nothing
+    published (a Compose override cannot remove ``ports:``), and otherwise the same services
+    as docker-compose.yml: only addresses and ports may differ."""
+    proc = run_compose(empty_env, "config", "-q", compose_file=HOST_COMPOSE)
+    assert proc.returncode == 0, proc.stderr
+    host, bridge = resolved(empty_env, HOST_COMPOSE), resolved(empty_env)
+    assert set(host) == set(bridge)
+    networking = {"network_mode", "networks", "ports", "command", "entrypoint", "healthcheck"}
+    for name in bridge:
+        assert host[name]["network_mode"] == "host", name
+        assert not host[name].get("ports"), name
+        same = {k: v for k, v in bridge[name].items() if k not in networking}
+        other = {k: v for k, v in host[name].items() if k not in networking}
+        for env in (same, other):
+            env.get("environment", {}).pop("REDIS_URL", None)
+        assert other == same, name
+        for key in ("command", "healthcheck"):  # the same but for addresses and ports
+            words = [w for w in json.dumps(host[name].get(key)).split('"') if w.strip(", ")]
+            base = [w for w in json.dumps(bridge[name].get(key)).split('"') if w.strip(", ")]
+            assert len([w for w in words if w not in base]) <= 8, (name, key)
