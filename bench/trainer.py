@@ -4,7 +4,8 @@ the entropy peaks save, and where does a step's time go.
 Each figure is compared with its baseline in the same run:
 
 1. latency hiding: OmniOPD steps of 16 prompts with up to 4 forks each (K = 4 drafts, M = 8
-   teacher chunks, L = 16) against the real gateway, whose backend (``bench/backends.py``, an
+   teacher chunks, L = 16; and the same with ``--objective likelihood``, 4 chunks of 16 tokens
+   per response, N = 8) against the real gateway, whose backend (``bench/backends.py``, an
    OpenAI-compatible stand-in) answers after a fixed 500 ms, versus one answering at once. Two
    trainers with the same seed and data take turns, step by step, so drift on this shared
    machine hits both arms alike. Done twice: on the toy's short answers, and on 512-token
@@ -123,18 +124,29 @@ def config(world, out: Path, **fields: Any) -> TrainConfig:
     return TrainConfig.model_validate(base | fields)
 
 
-def latency_arms(world, gateway: str, verifier: str, workdir: Path, tokens: int, steps: int):
+def latency_arms(
+    world,
+    gateway: str,
+    verifier: str,
+    workdir: Path,
+    tokens: int,
+    steps: int,
+    objective: str = "drafts",
+):
     """Per-step wall times and metrics of the 0 ms and 500 ms arms, taken in turns."""
+    from omniopd.trainer.likelihood import likelihood_step
     from omniopd.trainer.loop import omniopd_step
     from omniopd.trainer.train import Trainer
 
+    step_fn = likelihood_step if objective == "likelihood" else omniopd_step
     length = {"max_new_tokens": tokens, "min_new_tokens": tokens if tokens > SHORT_TOKENS else 0}
     arms = {}
     for name, teacher in (("0ms", "zero"), ("500ms", "slow")):
         cfg = config(
             world,
-            workdir / f"{name}-{tokens}",
+            workdir / f"{name}-{tokens}-{objective}",
             method="omniopd",
+            objective=objective,
             gateway=gateway,
             verifier=verifier,
             teacher=teacher,
@@ -147,7 +159,7 @@ def latency_arms(world, gateway: str, verifier: str, workdir: Path, tokens: int,
         for step in range(steps + 1):  # step 0 warms up (allocations, first connections)
             for name, trainer in arms.items():
                 t0 = time.perf_counter()
-                metrics = omniopd_step(trainer.run, trainer.next_examples())
+                metrics = step_fn(trainer.run, trainer.next_examples())
                 elapsed = time.perf_counter() - t0
                 trainer.state.data_position += 1
                 if step:
@@ -273,9 +285,20 @@ def main() -> None:
         )
         verifier = Verifier()
         try:
-            for label, tokens in (("short", SHORT_TOKENS), ("512", LONG_TOKENS)):
+            for label, tokens, objective in (
+                ("short", SHORT_TOKENS, "drafts"),
+                ("512", LONG_TOKENS, "drafts"),
+                ("short likelihood", SHORT_TOKENS, "likelihood"),
+                ("512 likelihood", LONG_TOKENS, "likelihood"),
+            ):
                 times, rows = latency_arms(
-                    world, f"127.0.0.1:{gateway.port}", verifier.url, workdir, tokens, steps
+                    world,
+                    f"127.0.0.1:{gateway.port}",
+                    verifier.url,
+                    workdir,
+                    tokens,
+                    steps,
+                    objective,
                 )
                 t0, t500 = statistics.median(times["0ms"]), statistics.median(times["500ms"])
                 forks = statistics.median(r["forks_audited"] for r in rows["500ms"])
@@ -298,13 +321,13 @@ def main() -> None:
         f"toy world: {world_kind}; {PROMPTS} prompts/step, up to 4 forks, K=4, M=8, L=16; "
         f"{steps} measured steps per arm, torch threads {torch.get_num_threads()}\n"
     )
-    print("1. latency hiding (median step wall time)")
+    print("1. latency hiding (median step wall time; drafts objective, then likelihood)")
     print(
-        f"{'responses':<12}{'0 ms':>9}{'500 ms':>9}{'ratio':>8}{'paid':>8}{'forks':>7}{'1-by-1':>9}"
+        f"{'responses':<18}{'0 ms':>9}{'500 ms':>9}{'ratio':>8}{'paid':>8}{'forks':>7}{'1-by-1':>9}"
     )
     for label, r in results.items():
         print(
-            f"{label:<12}{r['step_0ms_s']:>8.2f}s{r['step_500ms_s']:>8.2f}s{r['ratio']:>8.2f}"
+            f"{label:<18}{r['step_0ms_s']:>8.2f}s{r['step_500ms_s']:>8.2f}s{r['ratio']:>8.2f}"
             f"{r['exposed_latency_s']:>7.2f}s{r['forks_per_step']:>7.0f}{r['serial_per_fork_s']:>8.1f}s"
         )
     print("\n2. audit cost: teacher output tokens per step")
@@ -321,11 +344,13 @@ def main() -> None:
     for label, r in results.items():
         for arm in ("split_0ms", "split_500ms"):
             parts = "  ".join(f"{k} {v:.2f}" for k, v in r[arm].items())
-            print(f"{label:<6}{arm.removeprefix('split_'):<7}{parts}")
+            print(f"{label:<18}{arm.removeprefix('split_'):<7}{parts}")
     summary = {
         "world": world_kind,
         "latency_step_ratio": results["512"]["ratio"],
         "latency_step_ratio_short": results["short"]["ratio"],
+        "likelihood_latency_step_ratio": results["512 likelihood"]["ratio"],
+        "likelihood_latency_step_ratio_short": results["short likelihood"]["ratio"],
         "exposed_latency_s_512": results["512"]["exposed_latency_s"],
         "exposed_latency_s_short": results["short"]["exposed_latency_s"],
         "step_0ms_s_512": results["512"]["step_0ms_s"],
@@ -335,7 +360,7 @@ def main() -> None:
         "audit_token_ratio_short": audit["short"]["ratio"],
         "time_split_512": results["512"]["split_0ms"],
         "time_split_short": results["short"]["split_0ms"],
-        "forks_failed": results["512"]["forks_failed"] + results["short"]["forks_failed"],
+        "forks_failed": sum(r["forks_failed"] for r in results.values()),
     }
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
     if not math.isfinite(summary["latency_step_ratio"]):
