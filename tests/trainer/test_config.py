@@ -128,7 +128,7 @@ PUBLISHED = {
     "teacher_samples": 10,
     "alpha": 1.0,
     "beta": 0.1,
-    "metric": "edit",
+    "metric": "rouge1",
 }
 
 

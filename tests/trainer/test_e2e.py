@@ -130,7 +130,7 @@ def test_likelihood_objective_three_steps_then_resume(toy_world, gateway, verifi
     after = AutoModelForCausalLM.from_pretrained(latest_checkpoint(out) / "model").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     saved = (out / "config.yaml").read_text()
-    assert "objective: likelihood" in saved and "metric: edit" in saved
+    assert "objective: likelihood" in saved and "metric: edit" in saved  # TINY_LIKELIHOOD's
 
     # Resume to step 5: continues from step 3; with accumulation the update takes the other
     # path (forward after the scores), which must give the same kind of step.
