@@ -11,8 +11,9 @@
    and length (no gradient), each in a fresh process. Goal ≤ 3. Also over a forward pass with
    gradients (what any update keeps: the activations), to show what is the vocabulary's share.
 3. the time split of one OmniOPD step (``--objective likelihood``, C = 32, M = 2, N = 4,
-   edit similarity) with SmolLM2 as its own teacher behind the real gateway (``hf`` provider)
-   and the verifier: rollout, teacher, verifier, waiting, update (the second of two steps).
+   ROUGE-1: the settings of docs/quickstart.md's recipe) with SmolLM2 as its own teacher behind
+   the real gateway (``hf`` provider) and the verifier: rollout, teacher, verifier, waiting, update (the second of two steps), and
+   the trainer process's peak resident memory (student, reference, optimiser, activations).
 
 Prints tables, then as its last line one JSON object. Run (after ``make models``):
 
@@ -212,19 +213,23 @@ def step_split(folder: Path, tokens: int, workdir: Path) -> dict[str, float]:
     config = StackConfig(teachers=workdir / "teachers.yaml", redis=False, env=env, log_dir=workdir)
     out = workdir / "run"
     with Stack(config) as stack:
+        Path("/proc/self/clear_refs").write_text("5")  # the trainer's own peak from here
         train(
             [
                 *("--student", str(folder), "--dataset", str(data), "--output-dir", str(out)),
-                *("--method", "omniopd", "--objective", "likelihood", "--metric", "edit"),
+                *("--method", "omniopd", "--objective", "likelihood", "--metric", "rouge1"),
                 *("--gateway", stack.gateway, "--teacher", "smol", "--verifier", stack.verifier),
                 *("--chunk-tokens", "32", "--chunks-per-response", "2", "--teacher-samples", "4"),
                 *("--batch-size", str(BATCH), "--max-new-tokens", str(tokens), "--steps", "2"),
                 *("--eval-every", "0", "--save-every", "0", "--device", "cpu", "--lr", "1e-6"),
             ]
         )
+        trainer_peak = rss_kib("VmHWM") / 1024
     row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     keys = ("time_rollout_s", "time_teacher_s", "time_verifier_s", "time_wait_s", "time_update_s")
-    return {k: row[k] for k in (*keys, "time_step_s", "teacher_tokens", "response_tokens_mean")}
+    return {k: row[k] for k in (*keys, "time_step_s", "teacher_tokens", "response_tokens_mean")} | {
+        "trainer_peak_rss_mib": trainer_peak
+    }
 
 
 def main() -> int:
@@ -266,6 +271,7 @@ def main() -> int:
         for key in ("time_rollout_s", "time_teacher_s", "time_verifier_s", "time_wait_s",
                     "time_update_s", "time_step_s"):  # fmt: skip
             print(f"{key:36}{result[key]:>12.2f}")
+        print(f"{'trainer process peak RSS, MiB':36}{result['trainer_peak_rss_mib']:>12.0f}")
     print(json.dumps(result))
     return 0
 

@@ -139,7 +139,7 @@ ARMS: tuple[Arm, ...] = (
     _ablation("omniopd-batch-baseline", "advantages centred over the step, not per fork",
               "--baseline", "batch"),
     Arm("omniopd-likelihood", "omniopd", "the published objective: π̂-weighted likelihood of "
-        "the student's own chunks, edit similarity", TEACHER, LIKELIHOOD_BASE),
+        "the student's own chunks, edit similarity", TEACHER, LIKELIHOOD_BASE, ablation=True),
     _ablation("omniopd-likelihood-rouge1", "the published objective with ROUGE-1 F1",
               "--metric", "rouge1", LIKELIHOOD_BASE),
     _ablation("omniopd-likelihood-embedding", "the published objective with embedding cosine",
