@@ -259,11 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, help="YAML file of config fields")
     for name, info in TrainConfig.model_fields.items():
-        if name in OBJECTIVE_DEFAULTS["likelihood"]:
-            default = (
-                f"default: {OBJECTIVE_DEFAULTS['likelihood'][name]} with --objective likelihood,"
-                f" else {OBJECTIVE_DEFAULTS['drafts'][name]}"
-            )
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and "default_text" in extra:  # set by by_objective()
+            default = f"default: {extra['default_text']}".replace("`", "")
         else:
             default = "required" if info.is_required() else f"default: {info.default}"
         help_text = f"{info.description} ({default})"

@@ -61,11 +61,10 @@ TINY = torch.finfo(torch.float32).tiny  # π̄ is sent as a prior mean in (0, 1]
 class Audits:
     """Steps 2 and 3: the chunks of a step, one draft each (the student's own sample).
 
-    anchors: chunk starts per response; chunks: a :class:`Drafts` with K = 1 whose fork i is
-    chunk i (row-major); prior_mean_C: π̄ per chunk; audited_BT: tokens some chunk covers.
+    chunks: a :class:`Drafts` with K = 1 whose fork i is chunk i (row-major); prior_mean_C: π̄
+    per chunk; audited_BT: tokens some chunk covers.
     """
 
-    anchors: list[list[int]]
     chunks: Drafts
     prior_mean_C: torch.Tensor
     audited_BT: torch.Tensor
@@ -102,7 +101,7 @@ def speculate(run: Run, r: Rollout, anchors: list[list[int]]) -> Audits:
     )
     prior_mean_C = chunk_prior_mean(chunks.logprobs_FKL[:, 0]).clamp(min=TINY)
     audited_BT = audited_mask(anchors, tuple(r.response_ids_BT.shape), cfg.chunk_tokens)
-    return Audits(anchors, chunks, prior_mean_C.cpu(), audited_BT.to(r.response_ids_BT.device))
+    return Audits(chunks, prior_mean_C.cpu(), audited_BT.to(r.response_ids_BT.device))
 
 
 def chunk_weights(
@@ -301,10 +300,12 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     time_wait = time.perf_counter() - t_wait
     run.teacher_chars_per_token.update(scores.teacher_chars, scores.teacher_tokens)
 
-    # π̂ per scored chunk, from the verifier's k and the student's own π̄.
-    scored = [i for i in chunk_ids if i in scores.agreement]
-    k_C = torch.tensor([scores.agreement[i][0] for i in scored], dtype=torch.float32)
-    n_C = torch.tensor([scores.num_teacher[i] for i in scored], dtype=torch.float32)
+    # π̂ per scored chunk: k = Σ_n φ over the continuations the teacher returned (N of them),
+    # and the student's own π̄.
+    scored = [i for i in chunk_ids if i in scores.similarity]
+    phi = [scores.similarity[i][0] for i in scored]  # the one draft's row
+    k_C = torch.tensor([sum(row) for row in phi], dtype=torch.float32)
+    n_C = torch.tensor([len(row) for row in phi], dtype=torch.float32)
     prior_C = audits.prior_mean_C[scored] if scored else torch.zeros(0)
     target_C = likelihood_target(k_C, prior_C, num_samples=n_C, alpha=cfg.alpha)
     weight_BT = chunk_weights(

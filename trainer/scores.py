@@ -40,8 +40,7 @@ class ForkScores:
 
     rewards: dict[int, list[float]] = field(default_factory=dict)
     teacher_agreement: dict[int, list[float]] = field(default_factory=dict)
-    agreement: dict[int, list[float]] = field(default_factory=dict)  # k = Σ_n φ, per draft
-    num_teacher: dict[int, int] = field(default_factory=dict)  # teacher chunks it was scored on
+    similarity: dict[int, list[list[float]]] = field(default_factory=dict)  # K x N, φ
     failed: dict[int, str] = field(default_factory=dict)
     teacher_tokens: int = 0
     teacher_chars: int = 0
@@ -151,8 +150,7 @@ async def score_as_replies_arrive(
             for g in response.groups:
                 out.rewards[int(g.id)] = list(g.reward)
                 out.teacher_agreement[int(g.id)] = list(g.teacher_agreement)
-                out.agreement[int(g.id)] = [sum(row) for row in g.similarity]
-                out.num_teacher[int(g.id)] = len(g.similarity[0]) if g.similarity else 0
+                out.similarity[int(g.id)] = g.similarity
         finally:
             out.time_verifier_s += time.perf_counter() - t0
             slots.release()
