@@ -161,12 +161,13 @@ def evaluate(
     """Greedy accuracy and (if ``sampled``) sampled pass@1 of ``model`` on ``rows``.
 
     ``rows`` hold ``prompt`` (the user message) and ``answer`` (a worked answer ending in
-    ``#### value``, or a bare value). The model is put in eval mode and restored afterwards.
+    ``#### value``, or a bare value). The model is put in eval mode and each module's mode is
+    restored afterwards (a gradient-checkpointed student marks only its decoder layers).
     """
     if not rows:
         raise ValueError("rows is empty: nothing to evaluate")
     start = time.perf_counter()
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         prompts = [r["prompt"] for r in rows]
@@ -178,7 +179,8 @@ def evaluate(
             else None
         )
     finally:
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
     n = len(rows)
 
     def accuracy(d: Decoded) -> float:

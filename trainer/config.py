@@ -182,6 +182,11 @@ class TrainConfig(BaseModel):
         1, ge=1, description="micro-batches a step's update is split into (memory, not batch)"
     )
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0: off)")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute each decoder layer in the backward pass instead of keeping its"
+        " activations: less memory for about one more forward pass of time",
+    )
     steps: int = Field(100, ge=1, description="training steps")
 
     # Running.

@@ -61,6 +61,26 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype) -> torch.nn.
     return model.to(device).eval()
 
 
+def checkpoint_layers(model: torch.nn.Module) -> int:
+    """Gradient checkpointing of the decoder layers; returns how many layers it covers.
+
+    Transformers recomputes a layer in the backward pass only when that layer is in training
+    mode, and the trainer keeps its models in eval mode (no dropout). So the layers' own
+    ``training`` flag is set, and nothing below them: attention and MLP submodules stay in eval
+    mode, so dropout stays off and the recomputed activations equal the kept ones. Forward
+    passes without gradients (the rollout) are not affected.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.training = True
+    return len(layers)
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)

@@ -45,6 +45,7 @@ from omniopd.trainer.metrics import MetricsWriter
 from omniopd.trainer.models import (
     DTYPES,
     autocast,
+    checkpoint_layers,
     eos_token_ids,
     freeze,
     load_model,
@@ -180,6 +181,8 @@ class Trainer:
         weights = str(checkpoint / "model") if checkpoint else cfg.student
         tokenizer = load_tokenizer(cfg.student)
         model = self.load(weights, torch.float32)  # master weights, see autocast
+        if cfg.gradient_checkpointing:
+            log.info("gradient checkpointing of %d decoder layers", checkpoint_layers(model))
         if not cfg.fsdp:
             dist_utils.broadcast_parameters(model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

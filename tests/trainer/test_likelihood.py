@@ -183,3 +183,65 @@ def test_a_model_whose_logits_are_not_the_heads_output_is_scored_by_its_logits(t
     logp, _ = token_terms(capped, None, batch, temperature=1.0)
     want = token_logprobs(continuation_logits(capped, batch, 1.0), batch.tokens_BT) * batch.mask_BT
     torch.testing.assert_close(logp, want)
+
+
+def test_checkpointed_layers_give_the_same_terms_and_gradients(tiny_student, toy_world):
+    """--gradient-checkpointing: decoder layers recomputed in the backward pass give the values
+    and gradients of kept activations, through the trainer's two backward passes (the KL's
+    with the graph kept, then the chunk term); the layers are really recomputed; evaluation
+    leaves the student checkpointed; the submodules stay in eval mode (no dropout)."""
+    from transformers import AutoTokenizer
+
+    from omniopd.evaluation import evaluate
+    from omniopd.trainer.models import checkpoint_layers
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_student)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
+    kept = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
+    assert checkpoint_layers(kept) == kept.config.num_hidden_layers
+    ref = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = batch_of(tokenizer, ["1+2=?", "12*3=?"], ["3.", "36 and more"])
+    unaudited = batch.mask_BT.clone()
+    unaudited[1, 2:5] = False
+    weight = torch.zeros(batch.mask_BT.shape)
+    weight[1, 2:5] = 0.6
+
+    def run(model) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        calls = 0  # MLP forward calls (a recomputation does not run forward hooks)
+
+        def counted(forward):
+            def run(*args, **kwargs):
+                nonlocal calls
+                calls += 1
+                return forward(*args, **kwargs)
+
+            return run
+
+        for layer in model.model.layers:
+            layer.mlp.forward = counted(layer.mlp.forward)
+        logp, kl = token_terms(model, ref, batch, temperature=0.7)
+        (0.1 * (kl * unaudited).sum()).backward(retain_graph=True)
+        (-(weight * logp).sum()).backward()
+        for layer in model.model.layers:
+            del layer.mlp.forward
+        return logp.detach(), [p.grad.clone() for p in model.parameters()], calls
+
+    want_logp, want_grads, plain_calls = run(plain)
+    logp, grads, kept_calls = run(kept)
+    assert kept_calls > plain_calls  # recomputed in the backward passes
+    torch.testing.assert_close(logp, want_logp)
+    for got, want in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+    student = AutoModelForCausalLM.from_pretrained(toy_world.student).eval()
+    checkpoint_layers(student)
+    rows = [{"prompt": "1+2=?", "answer": "#### 3"}]
+    toy_tokenizer = AutoTokenizer.from_pretrained(toy_world.student)
+    evaluate(student, toy_tokenizer, rows, max_new_tokens=4, batch_size=1, sampled=False)
+    layers = list(student.model.layers)
+    assert all(layer.training for layer in layers)
+    assert not student.training
+    assert not any(m.training for layer in layers for m in layer.modules() if m is not layer)
