@@ -20,7 +20,7 @@ import pytest
 from omniopd.gateway.config import TeacherConfig
 from omniopd.gateway.providers import ErrorKind, Message, ProviderError, SampleParams
 from omniopd.gateway.providers.base import create_provider
-from omniopd.gateway.providers.openai_completions import server_prompt
+from omniopd.gateway.providers.openai_completions import ServerPrompt
 
 from .gwtools import toy_teacher_dir
 from .gwtools import transformers_serve as serve_model
@@ -227,8 +227,8 @@ def test_a_templated_bos_is_not_doubled():
         temperature=0.0,
         top_p=1.0,
     )
-    assert server_prompt(_BosTokenizer(adds_bos=True), p) == "[user]hi[assistant]ok"
-    assert server_prompt(_BosTokenizer(adds_bos=False), p) == "<s>[user]hi[assistant]ok"
+    assert ServerPrompt(_BosTokenizer(adds_bos=True)).text(p) == "[user]hi[assistant]ok"
+    assert ServerPrompt(_BosTokenizer(adds_bos=False)).text(p) == "<s>[user]hi[assistant]ok"
 
 
 # -- against `transformers serve` ---------------------------------------------------------------

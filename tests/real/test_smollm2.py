@@ -281,3 +281,28 @@ def test_word_problems_are_checkable(tmp_path):
         value = int(row["answer"].rsplit("#### ", 1)[1])
         assert value > 0 and "####" in row["prompt"]
     assert os.path.getsize(tmp_path / "p.jsonl") > 0
+
+
+def test_the_gateway_counts_tokens_as_the_tokenizer_does(smollm2):
+    """openai_completions counts a prompt with the Rust encoder (the gateway's hot path): the
+    same count as ``tokenizer(text)``, with and without special tokens, on a real vocabulary."""
+    from transformers import AutoTokenizer
+
+    from omniopd.gateway.providers.base import Message, SampleParams
+    from omniopd.gateway.providers.openai_completions import ServerPrompt
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    server = ServerPrompt(tokenizer)
+    params = SampleParams(
+        messages=(Message("system", "Be brief."), Message("user", "Ana has 12 pens ... ?")),
+        partial_answer="She gives 3 away, so 12 - 3 = 9.\n Then",
+        n=2,
+        max_tokens=8,
+        temperature=1.0,
+        top_p=1.0,
+    )
+    text = server.text(params)
+    assert text.endswith(params.partial_answer) and "<|im_start|>assistant\n" in text
+    assert server.tokens(text) == len(tokenizer(text)["input_ids"])
+    plain = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert server.tokens(text, special=False) == plain
