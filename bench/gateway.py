@@ -9,6 +9,13 @@ One run measures, each against its baseline in the same run:
    move in lockstep), backend with a fixed 50 ms latency (``bench/backends.py``);
 2. cost: the gateway process's own CPU time per cache-miss request with 64 in flight, read from
    its CPU counters (``/proc/PID/stat``), since client, gateway and backend share the machine;
+   for an ``openai`` chat teacher with no limits, and for the configuration users run in front
+   of a local server: ``openai_completions`` with the teacher's ``tokenizer`` (the toy world's,
+   and SmolLM2's 49,152-token one) and requests, input- and output-token per-minute limits.
+   Absolute CPU times move between machines, so each is also given as a ratio to the CPU that
+   the ``openai`` SDK itself spends per call of the same request (``completions.create``, its
+   default client, 64 in flight, in a process of its own). The four are measured in turn, five
+   rounds, and each figure is its median;
 3. cache hits through ``StreamChunks``: replies per second (64 in flight) and the latency of one
    hit (one in flight);
 4. concurrency: 512 requests to a teacher limited to 64 concurrent calls, 200 ms backend:
@@ -53,6 +60,7 @@ from omniopd.proto.v1 import gateway_pb2_grpc as pb_grpc
 
 N_SAMPLES = 8  # teacher continuations per request, the design's default M
 MAX_TOKENS = 16  # about one chunk
+PARTIAL = "First add the units: "  # the student's answer so far, continued by the teacher
 BACKEND_S = 0.05  # the fixed latency of the backend in the latency and cost phases
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
@@ -193,22 +201,91 @@ async def latency_added(stub, backend_url: str, requests: int) -> dict:
     return ms
 
 
-async def cpu_per_request(stub, gateway: Gateway, requests: int) -> dict:
-    """The gateway process's CPU per cache-miss request, 64 in flight."""
+async def cpu_per_request(
+    stub, gateway: Gateway, requests: int, teacher: str = "fast", partial: str = ""
+) -> dict:
+    """The gateway process's CPU per cache-miss request to ``teacher``, 64 in flight."""
     run = uuid.uuid4().hex[:8]
-    await in_flight(
-        128, 64, lambda i: stub.SampleChunks(sample_request("fast", question(f"w{run}", i)))
-    )
+
+    def one(tag: str):
+        return lambda i: stub.SampleChunks(
+            sample_request(teacher, question(f"{tag}{run}", i), partial_answer=partial)
+        )
+
+    await in_flight(128, 64, one("w"))
     before, started = gateway.cpu(), time.perf_counter()
-    await in_flight(
-        requests, 64, lambda i: stub.SampleChunks(sample_request("fast", question(f"c{run}", i)))
-    )
+    await in_flight(requests, 64, one("c"))
     wall = time.perf_counter() - started
     used = gateway.cpu() - before
     return {
         "cpu_ms_per_request": used / requests * 1e3,
         "miss_requests_per_s": requests / wall,
     }
+
+
+async def cpu_costs(
+    stub, gateway: Gateway, backend_url: str, requests: int, local: list[str], rounds: int = 5
+) -> dict:
+    """CPU per cache miss of each teacher and of the SDK alone, interleaved over ``rounds``
+    (the machine's load drifts; each figure is the median of its rounds)."""
+    teachers = {"": ("fast", ""), **{f"local_{n}_": (f"local-{n}", PARTIAL) for n in local}}
+    costs: dict[str, list[float]] = {key: [] for key in (*teachers, "sdk")}
+    rates: list[float] = []
+    for _ in range(rounds):
+        for key, (teacher, partial) in teachers.items():
+            cost = await cpu_per_request(stub, gateway, requests // rounds, teacher, partial)
+            costs[key].append(cost["cpu_ms_per_request"])
+            if not key:
+                rates.append(cost["miss_requests_per_s"])
+        costs["sdk"].append(
+            await asyncio.to_thread(sdk_cpu_per_call, backend_url, requests // rounds)
+        )
+    sdk = statistics.median(costs.pop("sdk"))
+    out = {"sdk_cpu_ms_per_call": sdk, "miss_requests_per_s": statistics.median(rates)}
+    for key, values in costs.items():
+        out[f"{key}cpu_ms_per_request"] = statistics.median(values)
+        out[f"{key}cpu_over_sdk"] = statistics.median(values) / sdk
+    return out
+
+
+def sdk_cpu_per_call(backend_url: str, requests: int) -> float:
+    """CPU ms the ``openai`` SDK spends per ``completions.create`` of the same request (n=8,
+    16 tokens, 64 in flight), measured in a process of its own (``--sdk-reference``)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--sdk-reference", backend_url, "--requests", str(requests)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["sdk_cpu_ms_per_call"]
+
+
+def sdk_reference(backend_url: str, requests: int) -> None:
+    """Child process: the SDK's own CPU per call (see :func:`sdk_cpu_per_call`)."""
+    import openai
+
+    async def run() -> float:
+        client = openai.AsyncOpenAI(api_key="EMPTY", base_url=f"{backend_url}/v1", max_retries=0)
+        tag = uuid.uuid4().hex[:8]
+
+        def one(i: int):
+            return client.completions.create(
+                model="bench",
+                prompt=question(tag, i) + PARTIAL,
+                n=N_SAMPLES,
+                max_tokens=MAX_TOKENS,
+                temperature=1.0,
+                top_p=1.0,
+            )
+
+        await in_flight(128, 64, one)  # warm up
+        before = time.process_time()
+        await in_flight(requests, 64, lambda i: one(10**6 + i))
+        used = time.process_time() - before
+        await client.close()
+        return used / requests * 1e3
+
+    print(json.dumps({"sdk_cpu_ms_per_call": asyncio.run(run())}))
 
 
 async def cache_hits(stub, distinct: int, replies: int, pings: int) -> dict:
@@ -333,8 +410,30 @@ async def concurrency(stub, slow: Backend, total: int, limit: int, delay_s: floa
     }
 
 
-async def measure_gateway(args: argparse.Namespace, workdir: Path) -> dict:
+# Per-minute limits a user sets in front of a local server; high enough never to make a
+# request wait here, so that what is measured is their cost, not their waiting.
+USER_LIMITS = {
+    "requests_per_minute": 10**6,
+    "input_tokens_per_minute": 10**9,
+    "output_tokens_per_minute": 10**9,
+}
+
+
+async def measure_gateway(args: argparse.Namespace, workdir: Path, tokenizers: dict) -> dict:
+    """Every gateway phase; ``tokenizers``: name -> folder, one ``openai_completions`` teacher
+    each, as a user runs it in front of a local server (see the module docstring)."""
     with Backend(delay_s=BACKEND_S) as fast, Backend(delay_s=0.2) as slow:
+        local = [
+            {
+                "name": f"local-{name}",
+                "provider": "openai_completions",
+                "model": "bench",
+                "base_url": f"{fast.url}/v1",
+                "tokenizer": str(folder),
+                "limits": USER_LIMITS,
+            }
+            for name, folder in tokenizers.items()
+        ]
         config = {
             "teachers": [
                 {
@@ -350,6 +449,7 @@ async def measure_gateway(args: argparse.Namespace, workdir: Path) -> dict:
                     "base_url": f"{slow.url}/v1",
                     "limits": {"max_concurrency": 64, "max_queue_wait_s": 60},
                 },
+                *local,
             ],
         }
         gateway = Gateway(config, workdir)
@@ -357,7 +457,7 @@ async def measure_gateway(args: argparse.Namespace, workdir: Path) -> dict:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
                 stub = pb_grpc.TeacherGatewayStub(channel)
                 out = await latency_added(stub, fast.url, args.requests)
-                out |= await cpu_per_request(stub, gateway, args.requests * 2)
+                out |= await cpu_costs(stub, gateway, fast.url, args.requests * 3, [*tokenizers])
                 out |= await cache_hits(stub, 256, args.requests * 5, args.requests)
                 out |= await concurrency(stub, slow, 512, 64, 0.2)
         finally:
@@ -459,7 +559,15 @@ def table(r: dict) -> str:
         ("latency added p99", f"{r['added_p99_ms']:.2f} ms", "<= 5 ms",
          f"gateway {r['gateway_p99_ms']:.1f} / direct {r['direct_p99_ms']:.1f} ms"),
         ("gateway CPU per miss (64 in flight)", f"{r['cpu_ms_per_request']:.2f} ms", "<= 1 ms",
-         f"{r['miss_requests_per_s']:.0f} misses/s"),
+         f"{r['miss_requests_per_s']:.0f} misses/s; openai chat, no limits; "
+         f"{r['cpu_over_sdk']:.2f}x the SDK's own"),
+        *[(f"  openai_completions, {name} tokenizer",
+           f"{r[f'local_{name}_cpu_ms_per_request']:.2f} ms", "<= 1 ms",
+           f"3 per-minute limits, partial answer; "
+           f"{r[f'local_{name}_cpu_over_sdk']:.2f}x the SDK's own")
+          for name in ("toy", "smollm2")],
+        ("openai SDK CPU per call (reference)", f"{r['sdk_cpu_ms_per_call']:.2f} ms", "",
+         "completions.create, n=8, 64 in flight, its own process"),
         ("cache hits via StreamChunks", f"{r['cache_hits_per_s']:.0f} /s", ">= 1000 /s",
          f"hit share {r['cache_hit_share']:.3f}"),
         ("cache hit latency p50 (1 in flight)", f"{r['cache_hit_p50_ms']:.2f} ms", "< 1 ms",
@@ -497,20 +605,24 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=800, help="requests per latency phase")
     parser.add_argument("--hf-model", type=Path, help="a local model dir (default: toy teacher)")
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke test)")
+    parser.add_argument("--sdk-reference", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.sdk_reference:
+        sdk_reference(args.sdk_reference, args.requests)
+        return
     if args.quick:
         args.requests = 160
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     load_start = os.getloadavg()[0]  # the machine is shared: the load says how quiet it was
     with tempfile.TemporaryDirectory(prefix="omniopd-bench-gw-") as tmp:
         workdir = Path(tmp)
-        results = asyncio.run(measure_gateway(args, workdir))
-        model_dir = args.hf_model
-        if model_dir is None:
-            from omniopd.toy import build_tiny
+        from omniopd.pretrained import ensure_pretrained
+        from omniopd.toy import build_tiny
 
-            model_dir = build_tiny(workdir / "toy").teacher
-        results |= hf_speedup(model_dir, repeats=3 if args.quick else 7)
+        toy = build_tiny(workdir / "toy").teacher
+        tokenizers = {"toy": toy, "smollm2": ensure_pretrained("smollm2")}
+        results = asyncio.run(measure_gateway(args, workdir, tokenizers))
+        results |= hf_speedup(args.hf_model or toy, repeats=3 if args.quick else 7)
         results |= limiter_cost(500 if args.quick else 2000)
     results |= {"load_1m_start": load_start, "load_1m_end": os.getloadavg()[0]}
     print(table(results))
