@@ -8,10 +8,13 @@
 2. ``update_peak_over_forward``: the peak memory (resident set, ``VmHWM`` reset before each) of
    one update of the published objective (log-probabilities and the exact KL to the reference
    over every unaudited token, the chunk term, backward) over one forward pass of the same batch
-   and length (no gradient), each in a fresh process. Goal ≤ 3. Also over a forward pass with
-   gradients (what any update keeps: the activations), to show what is the vocabulary's share.
+   and length (no gradient), each in a fresh process. Goal ≤ 3. Measured as the trainer runs by
+   default (every decoder layer's activations kept for the backward pass) and with
+   ``--gradient-checkpointing`` (layers recomputed in the backward pass instead). Also over a
+   forward pass with gradients (what any update keeps: the activations), to show what is the
+   vocabulary's share.
 3. the time split of one OmniOPD step (``--objective likelihood``, C = 32, M = 2, N = 4,
-   ROUGE-1: the settings of docs/quickstart.md's recipe) with SmolLM2 as its own teacher behind
+   ROUGE-1, gradient checkpointing: the settings of docs/quickstart.md's recipe) with SmolLM2 as its own teacher behind
    the real gateway (``hf`` provider) and the verifier: rollout, teacher, verifier, waiting, update (the second of two steps), and
    the trainer process's peak resident memory (student, reference, optimiser, activations).
 
@@ -125,6 +128,8 @@ def rollout_vs_generate(folder: Path, tokens: int, rounds: int) -> dict[str, flo
 
 # -- 2. peak memory, each measurement in a fresh process ---------------------------------------
 
+KINDS = ("forward", "forward_grad", "update", "update_checkpointed")
+
 
 def rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -138,11 +143,13 @@ def measure(kind: str, folder: str, tokens: int) -> None:
     from omniopd.trainer.anchors import audited_mask, peak_entropy_anchors
     from omniopd.trainer.likelihood import token_terms
     from omniopd.trainer.losses import chunk_likelihood_loss, unaudited_kl_loss
-    from omniopd.trainer.models import Batch, continuation_logits, left_pad
+    from omniopd.trainer.models import Batch, checkpoint_layers, continuation_logits, left_pad
 
     torch.set_num_threads(1)
     model, tokenizer, _ = load(Path(folder))
-    ref = load(Path(folder))[0] if kind == "update" else None
+    if kind == "update_checkpointed":
+        checkpoint_layers(model)
+    ref = load(Path(folder))[0] if kind.startswith("update") else None
     if ref is not None:
         for p in ref.parameters():
             p.requires_grad_(False)
@@ -156,7 +163,7 @@ def measure(kind: str, folder: str, tokens: int) -> None:
         (BATCH, tokens),
         32,
     )
-    if kind == "update":  # a first step, so that the optimiser-free parts are warm
+    if kind.startswith("update"):  # a first step, so that the optimiser-free parts are warm
         model.zero_grad()
     Path("/proc/self/clear_refs").write_text("5")
     base = rss_kib("VmRSS")
@@ -222,6 +229,7 @@ def step_split(folder: Path, tokens: int, workdir: Path) -> dict[str, float]:
                 *("--chunk-tokens", "32", "--chunks-per-response", "2", "--teacher-samples", "4"),
                 *("--batch-size", str(BATCH), "--max-new-tokens", str(tokens), "--steps", "2"),
                 *("--eval-every", "0", "--save-every", "0", "--device", "cpu", "--lr", "1e-6"),
+                "--gradient-checkpointing",
             ]
         )
         trainer_peak = rss_kib("VmHWM") / 1024
@@ -235,9 +243,7 @@ def step_split(folder: Path, tokens: int, workdir: Path) -> dict[str, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="64 tokens, one round, no step split")
-    p.add_argument(
-        "--measure", choices=["forward", "forward_grad", "update"], help=argparse.SUPPRESS
-    )
+    p.add_argument("--measure", choices=[*KINDS], help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--tokens", type=int, default=256, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -249,10 +255,13 @@ def main() -> int:
     torch.set_num_threads(1)
     result: dict[str, Any] = {"model": folder.name, "batch": BATCH, "new_tokens": tokens}
     result |= rollout_vs_generate(folder, tokens, rounds=1 if args.quick else 3)
-    peaks = {kind: peak_mib(kind, folder, tokens) for kind in ("forward", "forward_grad", "update")}
+    peaks = {kind: peak_mib(kind, folder, tokens) for kind in KINDS}
     result |= {f"peak_mib_{k}": v for k, v in peaks.items()}
     result["update_peak_over_forward"] = peaks["update"] / peaks["forward"]
     result["update_peak_over_forward_grad"] = peaks["update"] / peaks["forward_grad"]
+    result["checkpointed_update_peak_over_forward"] = (
+        peaks["update_checkpointed"] / peaks["forward"]
+    )
     if not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
             result |= step_split(folder, tokens, Path(tmp))
@@ -262,9 +271,11 @@ def main() -> int:
     print(f"{'rollout tokens/s':36}{result['rollout_tokens_s']:>12.1f}")
     print(f"{'generate tokens/s':36}{result['generate_tokens_s']:>12.1f}")
     print(f"{'rollout / generate (goal >= 0.9)':36}{result['rollout_over_generate']:>12.2f}")
-    for kind in ("forward", "forward_grad", "update"):
+    for kind in KINDS:
         print(f"{'peak MiB: ' + kind:36}{peaks[kind]:>12.0f}")
     print(f"{'update / forward (goal <= 3)':36}{result['update_peak_over_forward']:>12.2f}")
+    ratio = result["checkpointed_update_peak_over_forward"]
+    print(f"{'  checkpointed update / forward':36}{ratio:>12.2f}")
     print(f"{'update / forward with grad':36}{result['update_peak_over_forward_grad']:>12.2f}")
     if "time_step_s" in result:
         print("\none OmniOPD step (C = 32, M = 2, N = 4, SmolLM2 teacher via the gateway)")
