@@ -27,7 +27,7 @@ from omniopd.trainer.losses import centred_advantages
 from omniopd.trainer.metrics import response_metrics
 from omniopd.trainer.models import Batch, encode_prompts, left_pad, right_pad
 from omniopd.trainer.retry import Counters
-from omniopd.trainer.rollout import rollout
+from omniopd.trainer.rollout import Rollout, rollout
 from omniopd.trainer.update import (
     cross_entropy_backward,
     kl_anchor_backward,
@@ -124,34 +124,41 @@ def opd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
 
 
 class AnswerCache:
-    """Teacher answers for SFT, one JSON line per prompt in ``output_dir``; survives resumes."""
+    """Teacher answers for SFT, one JSON line per prompt in ``output_dir``; survives resumes.
 
-    def __init__(self, path: Path, teacher: str) -> None:
-        self.path, self.teacher = path, teacher
-        self.answers: dict[str, str] = {}
+    A prompt has ``per_prompt`` answers (``--sft-answers``); one with fewer is fetched again.
+    Lines written with one answer (``"answer"``) read as a list of one.
+    """
+
+    def __init__(self, path: Path, teacher: str, per_prompt: int = 1) -> None:
+        self.path, self.teacher, self.per_prompt = path, teacher, per_prompt
+        self.answers: dict[str, list[str]] = {}
         if path.exists():
             for line in path.read_text().splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by a kill
-                self.answers[row["key"]] = row["answer"]
+                self.answers[row["key"]] = row["answers"] if "answers" in row else [row["answer"]]
 
     def key(self, prompt: str) -> str:
         return hashlib.sha256(f"{self.teacher}\0{prompt}".encode()).hexdigest()
 
-    def get(self, prompt: str) -> str | None:
-        return self.answers.get(self.key(prompt))
+    def get(self, prompt: str) -> list[str] | None:
+        """The prompt's answers, or None until it has ``per_prompt`` of them."""
+        answers = self.answers.get(self.key(prompt))
+        return answers[: self.per_prompt] if answers and len(answers) >= self.per_prompt else None
 
-    def put(self, prompt: str, answer: str) -> None:
+    def put(self, prompt: str, answers: list[str]) -> None:
         key = self.key(prompt)
-        self.answers[key] = answer
+        self.answers[key] = list(answers)
         with self.path.open("a") as f:
-            f.write(json.dumps({"key": key, "answer": answer}) + "\n")
+            f.write(json.dumps({"key": key, "answers": list(answers)}) + "\n")
 
 
 def sft_step(run: Run, examples: list[Example]) -> dict[str, Any]:
-    """Cross-entropy on the teacher's full answers (fetched once per prompt, then cached)."""
+    """Cross-entropy on the teacher's full answers (``--sft-answers`` per prompt, fetched once
+    per prompt in one request, then cached)."""
     cfg, services = run.config, run.services
     assert services is not None
     cache: AnswerCache = run.extras["sft_cache"]
@@ -164,14 +171,15 @@ def sft_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         replies = services.io.run(
             services.sample_answers(
                 missing,
+                n=cfg.sft_answers,
                 max_tokens=min(cfg.max_new_tokens, services.teacher_max_tokens),
                 temperature=cfg.teacher_temperature,
                 counters=counters,
             )
         )
         for prompt, reply in zip(missing, replies, strict=True):
-            if reply.ok and reply.chunks:
-                cache.put(prompt, reply.chunks[0])
+            if reply.ok and len(reply.chunks) >= cfg.sft_answers:
+                cache.put(prompt, reply.chunks[: cfg.sft_answers])
                 teacher_tokens += reply.output_tokens
             else:
                 failed += 1
@@ -179,11 +187,12 @@ def sft_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     time_teacher = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    kept = [p for p in prompts if cache.get(p) is not None]
+    pairs = [(p, a) for p in prompts for a in cache.get(p) or []]
+    kept = [p for p, _ in pairs]
     eos = run.tokenizer.eos_token_id
     targets = []
-    for p in kept:
-        ids = list(run.tokenizer(cache.get(p), add_special_tokens=False)["input_ids"])
+    for _, answer in pairs:
+        ids = list(run.tokenizer(answer, add_special_tokens=False)["input_ids"])
         targets.append([*ids[: cfg.max_new_tokens - 1], eos] if eos is not None else ids)
     prefix_ids, prefix_mask = left_pad(encode_prompts(run.tokenizer, kept), run.pad_id)
     tokens, mask = right_pad(targets, run.pad_id)
@@ -228,11 +237,20 @@ def answer_checker() -> Callable[[str, str], float]:
     return lambda response, answer: float(check_answer(response, answer))
 
 
+def checked_rewards(run: Run, r: Rollout, answers: list[str]) -> torch.Tensor:
+    """(B,) the answer checker's 0/1 reward of each response against its reference answer."""
+    check = run.extras.setdefault("check_answer", answer_checker())
+    ids, mask = r.response_ids_BT.cpu(), r.response_mask_BT.cpu()
+    texts = run.tokenizer.batch_decode(
+        [t[m].tolist() for t, m in zip(ids, mask, strict=True)], skip_special_tokens=True
+    )
+    return torch.tensor([check(text, a) for text, a in zip(texts, answers, strict=True)])
+
+
 def grpo_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     """G samples per prompt, checker rewards, group-normalised advantages, KL anchor."""
     cfg = run.config
     G = cfg.grpo_samples
-    check = run.extras.setdefault("check_answer", answer_checker())
     t0 = time.perf_counter()
     prompts = [e.prompt for e in examples for _ in range(G)]
     r = rollout(
@@ -244,17 +262,8 @@ def grpo_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         pad_id=run.pad_id,
         min_new_tokens=cfg.min_new_tokens,
     )
-    texts = run.tokenizer.batch_decode(
-        [
-            t[m].tolist()
-            for t, m in zip(r.response_ids_BT.cpu(), r.response_mask_BT.cpu(), strict=True)
-        ],
-        skip_special_tokens=True,
-    )
     answers = [e.answer or "" for e in examples for _ in range(G)]
-    rewards_BG = torch.tensor(
-        [check(text, answer) for text, answer in zip(texts, answers, strict=True)]
-    ).view(len(examples), G)
+    rewards_BG = checked_rewards(run, r, answers).view(len(examples), G)
     advantages_BG = centred_advantages(rewards_BG, "group", normalize=True)
     time_rollout = time.perf_counter() - t0
 

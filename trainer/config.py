@@ -146,6 +146,19 @@ class TrainConfig(BaseModel):
     alpha: float = Field(
         None, json_schema_extra=by_objective("alpha"), gt=0, description="prior strength α"
     )
+    outcome_weight: float = Field(
+        0.0,
+        ge=0,
+        description="λ (likelihood; this project's extension, after KDRL): every response token"
+        " also weighted by λ·(r − r̄), r the answer checker's 0/1 reward and r̄ the step's mean",
+    )
+    mixed_weight: float = Field(
+        0.0,
+        ge=0,
+        description="μ (likelihood; this project's extension, after LUFFY): the teacher"
+        " continuation that agrees most with the others also trained on at its chunk, off-policy,"
+        " shaped by p/(p+γ), γ = 0.1",
+    )
     reward: Literal["prob", "logratio"] = Field(
         "prob", description="reward from the posterior (drafts)"
     )
@@ -169,6 +182,12 @@ class TrainConfig(BaseModel):
     )
     clip: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip ε")
     grpo_samples: int = Field(4, ge=2, description="samples per prompt (grpo)")
+    sft_answers: int = Field(
+        1,
+        ge=1,
+        description="teacher answers per prompt (sft), all trained on: k times the teacher"
+        " tokens of a step, to compare methods at equal teacher cost",
+    )
 
     # Optimisation.
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
@@ -237,7 +256,19 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"method {self.method!r} needs " + ", ".join(f"{f} ({flag(f)})" for f in missing)
             )
-        if self.method == "omniopd" and self.objective == "likelihood" and self.ppo_epochs > 1:
+        likelihood = self.method == "omniopd" and self.objective == "likelihood"
+        for name in ("outcome_weight", "mixed_weight"):
+            if getattr(self, name) > 0 and not likelihood:
+                raise ValueError(
+                    f"{name} ({flag(name)}) extends --objective likelihood of --method omniopd;"
+                    " other methods do not take it"
+                )
+        if self.mixed_weight > 0 and self.fsdp:
+            raise ValueError(
+                "mixed_weight (--mixed-weight) does not run with --fsdp yet: its extra forward"
+                " pass is not taken on ranks without a target"
+            )
+        if likelihood and self.ppo_epochs > 1:
             raise ValueError(
                 "ppo_epochs (--ppo-epochs) > 1 is for --objective drafts; the likelihood"
                 " objective takes one step per batch"

@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from omniopd.trainer import distributed as dist_utils
 from omniopd.trainer import fsdp
 from omniopd.trainer.anchors import audited_mask, peak_entropy_anchors, random_anchors
+from omniopd.trainer.baselines import checked_rewards
 from omniopd.trainer.context import Run
 from omniopd.trainer.data import Example
 from omniopd.trainer.drafts import Drafts, draft_texts, make_drafts
@@ -39,12 +40,21 @@ from omniopd.trainer.loop import sample_responses, teacher_requests
 from omniopd.trainer.losses import (
     chunk_likelihood_loss,
     chunk_prior_mean,
+    consensus_index,
     forward_kl,
     likelihood_target,
+    outcome_weights,
+    shaped_offpolicy_loss,
     unaudited_kl_loss,
 )
 from omniopd.trainer.metrics import response_metrics
-from omniopd.trainer.models import Batch, continuation_logits, positions_from_mask
+from omniopd.trainer.models import (
+    Batch,
+    continuation_logits,
+    left_pad,
+    positions_from_mask,
+    right_pad,
+)
 from omniopd.trainer.retry import Counters
 from omniopd.trainer.rollout import Rollout
 from omniopd.trainer.scores import ForkScores, ScoreSettings, service_metrics
@@ -55,6 +65,7 @@ log = logging.getLogger("omniopd.trainer")
 # Positions per slice through the LM head: sets the peak memory of the update, not its result.
 SLICE_TOKENS = 1024
 TINY = torch.finfo(torch.float32).tiny  # π̄ is sent as a prior mean in (0, 1]
+MIXED_GAMMA = 0.1  # LUFFY's γ in the shaping p / (p + γ) of off-policy targets
 
 
 @dataclass
@@ -232,6 +243,35 @@ def token_terms(
     return zeros.index_put(index, torch.cat(logps)), zeros.index_put(index, torch.cat(kls))
 
 
+def consensus_batch(
+    run: Run, r: Rollout, audits: Audits, scores: ForkScores, scored: list[int]
+) -> Batch | None:
+    """``--mixed-weight``: for each scored chunk, the teacher continuation that agrees most
+    with the others (:func:`consensus_index` over the N x N rows after the chunk's own), in the
+    student's tokens (at most C), after the prompt and the response up to the chunk. None when
+    no chunk has one."""
+    prefixes, targets = [], []
+    C = run.config.chunk_tokens
+    for i in scored:
+        texts, rows = scores.continuations.get(i, []), scores.similarity[i][1:]
+        if not texts or len(rows) != len(texts):
+            continue
+        text = texts[consensus_index(rows)]
+        ids = run.tokenizer(text, add_special_tokens=False)["input_ids"][:C]
+        if not ids:
+            continue
+        b, a = audits.chunks.row_F[i], audits.chunks.position_F[i]
+        prompt = r.prompt_ids_BP[b][r.prompt_mask_BP[b].bool()].tolist()
+        prefixes.append(prompt + r.response_ids_BT[b, :a].tolist())
+        targets.append(ids)
+    if not targets:
+        return None
+    prefix_ids, prefix_mask = left_pad(prefixes, run.pad_id)
+    tokens, mask = right_pad(targets, run.pad_id)
+    device = run.device
+    return Batch(prefix_ids.to(device), prefix_mask.to(device), tokens.to(device), mask.to(device))
+
+
 # -- the step ------------------------------------------------------------------------------
 
 
@@ -262,6 +302,7 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
             score_settings=ScoreSettings(cfg.metric, "likelihood", cfg.alpha, "prob"),
             counters=counters,
             prior_means={i: [float(audits.prior_mean_C[i])] for i in chunk_ids},
+            teacher_rows=cfg.mixed_weight > 0,
         )
 
     # 6. Update. Sums over the step's B responses (all ranks) divided by B.
@@ -314,13 +355,22 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         tuple(responses.tokens_BT.shape),
         cfg.chunk_tokens,
     ).to(run.device)
+    reward_mean = None
+    if cfg.outcome_weight > 0:  # this project's extension: the whole response's outcome
+        rewards_B = checked_rewards(run, r, [e.answer or "" for e in examples])
+        (reward_sum,) = dist_utils.sum_floats([float(rewards_B.sum())], run.device)
+        reward_mean = reward_sum / num_responses
+        weight_BT = weight_BT + outcome_weights(
+            rewards_B, reward_mean, responses.mask_BT, weight=cfg.outcome_weight
+        )
     chunk_metrics: dict[str, float] = {"chunk_loss": 0.0}
     if early:
         assert logprobs_BT is not None
         loss, chunk_metrics = chunk_likelihood_loss(
             logprobs_BT, weight_BT, num_responses=num_responses
         )
-        if scored or ref is None:  # else the KL's backward has already given every gradient
+        # Without a chunk or outcome weight the KL's backward has already given every gradient.
+        if scored or ref is None or cfg.outcome_weight > 0:
             loss.backward()
     else:
         for rows in micro_batches(len(responses), cfg.grad_accum_steps):
@@ -331,6 +381,19 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
                 loss = loss + kl_term(kl_BT, unaudited_BT[rows])
             loss.backward()
             chunk_metrics["chunk_loss"] += m["chunk_loss"]
+    mixed_metrics: dict[str, Any] = {}
+    if cfg.mixed_weight > 0:  # this project's extension: the teachers' consensus, off-policy
+        consensus = consensus_batch(run, r, audits, scores, scored)
+        if consensus is not None:
+            logp_BT, _ = token_terms(run.model, None, consensus, temperature=cfg.temperature)
+            loss, mixed_metrics = shaped_offpolicy_loss(
+                logp_BT,
+                consensus.mask_BT,
+                gamma=MIXED_GAMMA,
+                weight=cfg.mixed_weight,
+                num_responses=num_responses,
+            )
+            loss.backward()
     grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
     time_update = time.perf_counter() - t_update - time_wait
 
@@ -343,7 +406,9 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     ]
     return {
         **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),
-        "loss": chunk_metrics["chunk_loss"] + kl_metrics.get("kl_loss", 0.0),
+        "loss": chunk_metrics["chunk_loss"]
+        + kl_metrics.get("kl_loss", 0.0)
+        + mixed_metrics.get("mixed_loss", 0.0),
         "chunk_loss": chunk_metrics["chunk_loss"],
         "kl": kl_metrics.get("kl"),
         "kl_loss": kl_metrics.get("kl_loss"),
@@ -358,6 +423,10 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         "target_mean": float(target_C.mean()) if scored else None,
         "target_min": float(target_C.min()) if scored else None,
         "target_max": float(target_C.max()) if scored else None,
+        "reward_mean": reward_mean,
+        "mixed_loss": mixed_metrics.get("mixed_loss"),
+        "mixed_tokens": mixed_metrics.get("mixed_tokens"),
+        "mixed_prob": mixed_metrics.get("mixed_prob"),
         "entropy_at_forks": sum(anchor_entropy) / len(anchor_entropy) if anchor_entropy else None,
         **service_metrics(scores, counters),
         "time_rollout_s": time_rollout,

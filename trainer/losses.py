@@ -172,6 +172,51 @@ def chunk_likelihood_loss(
     return loss, {"chunk_loss": float(loss.detach())}
 
 
+def outcome_weights(
+    rewards_B: torch.Tensor, mean_reward: float, mask_BT: torch.Tensor, *, weight: float
+) -> torch.Tensor:
+    """(B, T) λ·(r_b − r̄) on every response token: added to the chunk term's weights, a
+    REINFORCE term on the whole response with the step's mean reward as its baseline (this
+    project's extension; KDRL combines a distillation loss with a rule-based reward the same
+    way). A response better than the step's average is made likelier, a worse one less likely.
+    """
+    advantage_B = (rewards_B.float() - mean_reward) * weight
+    return advantage_B.to(mask_BT.device)[:, None] * mask_BT.float()
+
+
+def consensus_index(similarity_NN: list[list[float]]) -> int:
+    """The continuation that agrees most with the others: the largest mean similarity to the
+    other N − 1 (the first on a tie; 0 when there is only one)."""
+    n = len(similarity_NN)
+    if n < 2:
+        return 0
+    means = [(sum(row) - row[j]) / (n - 1) for j, row in enumerate(similarity_NN)]
+    return max(range(n), key=lambda j: (means[j], -j))
+
+
+def shaped_offpolicy_loss(
+    logprobs_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    *,
+    gamma: float,
+    weight: float,
+    num_responses: float,
+) -> tuple[torch.Tensor, Metrics]:
+    """−μ · Σ f(π_θ(t)) / B over the tokens of off-policy targets, f(p) = p / (p + γ).
+
+    The target's behaviour probability is unknown (the teacher's text), so its importance ratio
+    is π_θ / 1, shaped by f as LUFFY (arXiv 2504.14945) does in place of a clip: the gradient,
+    μ·γ·p/(p + γ)² · ∇log π_θ, is largest for tokens the student finds unlikely but not
+    vanishing, and bounded, so no token's ratio can blow up the step.
+    """
+    p_BT = logprobs_BT.exp()
+    mask = mask_BT.to(logprobs_BT.dtype)
+    loss = -weight * (p_BT / (p_BT + gamma) * mask).sum() / num_responses
+    tokens = float(mask.sum())
+    prob = float((p_BT.detach() * mask).sum()) / tokens if tokens else None
+    return loss, {"mixed_loss": float(loss.detach()), "mixed_tokens": tokens, "mixed_prob": prob}
+
+
 def forward_kl(logits_NV: torch.Tensor, ref_logits_NV: torch.Tensor) -> torch.Tensor:
     """KL(π_ref ‖ π_θ) (N,) per position, exact over the vocabulary (float32)."""
     logp = F.log_softmax(logits_NV.float(), dim=-1)

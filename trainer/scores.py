@@ -41,6 +41,9 @@ class ForkScores:
     rewards: dict[int, list[float]] = field(default_factory=dict)
     teacher_agreement: dict[int, list[float]] = field(default_factory=dict)
     similarity: dict[int, list[list[float]]] = field(default_factory=dict)  # K x N, φ
+    # With ``teacher_rows``: each fork's N continuations, and their N x N similarities (the
+    # rows after the K drafts' in ``similarity``).
+    continuations: dict[int, list[str]] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
     teacher_tokens: int = 0
     teacher_chars: int = 0
@@ -97,11 +100,15 @@ async def score_as_replies_arrive(
     counters: Counters,
     max_in_flight: int = 2,
     prior_means: dict[int, list[float]] | None = None,
+    teacher_rows: bool = False,
 ) -> ForkScores:
     """Consume teacher replies; score ready groups in batches while more replies arrive.
 
     ``drafts`` maps each fork sent to the teacher to its K draft texts; ``prior_means`` (prior
-    ``likelihood``) to the student's π̄ of each draft.
+    ``likelihood``) to the student's π̄ of each draft. ``teacher_rows``: the N continuations
+    are also sent as drafts after the K, so that ``similarity`` gains their N x N agreement
+    with each other (same call, same metric); they carry a prior mean of 1, and what the
+    verifier derives for them beyond the similarities is not used.
     """
     out = ForkScores()
     ready: asyncio.Queue[TeacherReply | None] = asyncio.Queue()
@@ -122,12 +129,15 @@ async def score_as_replies_arrive(
             out.time_teacher_s = time.perf_counter() - start
             await ready.put(None)
 
+    def group(r: TeacherReply) -> dict:
+        extra = list(r.chunks) if teacher_rows else []
+        out_group = {"id": str(r.fork), "drafts": drafts[r.fork] + extra, "teacher": r.chunks}
+        if prior_means:
+            out_group["prior_mean"] = prior_means[r.fork] + [1.0] * len(extra)
+        return out_group
+
     async def score(batch: list[TeacherReply]) -> None:
-        groups = [
-            {"id": str(r.fork), "drafts": drafts[r.fork], "teacher": r.chunks}
-            | ({"prior_mean": prior_means[r.fork]} if prior_means else {})
-            for r in batch
-        ]
+        groups = [group(r) for r in batch]
         t0 = time.perf_counter()
         try:
             counters.verifier_calls += 1
@@ -147,6 +157,8 @@ async def score_as_replies_arrive(
             for r in batch:
                 out.failed[r.fork] = f"verifier: {err}"
         else:
+            for r in batch if teacher_rows else ():
+                out.continuations[r.fork] = list(r.chunks)
             for g in response.groups:
                 out.rewards[int(g.id)] = list(g.reward)
                 out.teacher_agreement[int(g.id)] = list(g.teacher_agreement)

@@ -181,10 +181,13 @@ class Services:
         score_settings: ScoreSettings,
         counters: Counters,
         prior_means: dict[int, list[float]] | None = None,
+        teacher_rows: bool = False,
     ) -> concurrent.futures.Future[ForkScores]:
         """Start steps 4 and 5 for a step's forks in the background; the future holds scores.
 
-        ``prior_means``: each fork's π̄ per draft, sent with prior ``likelihood``."""
+        ``prior_means``: each fork's π̄ per draft, sent with prior ``likelihood``;
+        ``teacher_rows``: also score the continuations against each other
+        (:func:`.scores.score_as_replies_arrive`)."""
         assert self.stub is not None and self.verifier is not None
         replies = stream_teacher(
             self.stub,
@@ -205,15 +208,22 @@ class Services:
                 policy=self.policy,
                 counters=counters,
                 prior_means=prior_means,
+                teacher_rows=teacher_rows,
             )
         )
 
     async def sample_answers(
-        self, prompts: list[str], *, max_tokens: int, temperature: float, counters: Counters
+        self,
+        prompts: list[str],
+        *,
+        n: int = 1,
+        max_tokens: int,
+        temperature: float,
+        counters: Counters,
     ) -> list[TeacherReply]:
-        """Full teacher answers (``partial_answer`` empty, n = 1), all on one stream (SFT)."""
+        """``n`` full teacher answers per prompt (``partial_answer`` empty), one stream (SFT)."""
         requests = [
-            TeacherRequest(fork=i, prompt=p, partial_answer="", n=1, max_tokens=max_tokens)
+            TeacherRequest(fork=i, prompt=p, partial_answer="", n=n, max_tokens=max_tokens)
             for i, p in enumerate(prompts)
         ]
         assert self.stub is not None

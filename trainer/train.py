@@ -155,7 +155,7 @@ class Trainer:
             log.info("config (saved to %s):\n%s", self.output_dir / "config.yaml", to_yaml(cfg))
         seed_everything(cfg.seed * 1000 + dist_utils.rank())
 
-        need_answer = cfg.method == "grpo" or cfg.eval_every > 0
+        need_answer = cfg.method == "grpo" or cfg.outcome_weight > 0 or cfg.eval_every > 0
         rows = load_examples(
             cfg.dataset,
             cfg.dataset_split,
@@ -222,7 +222,9 @@ class Trainer:
             )
         if cfg.method == "sft":
             self.run.extras["sft_cache"] = AnswerCache(
-                self.output_dir / f"sft_answers.rank{dist_utils.rank()}.jsonl", cfg.teacher or ""
+                self.output_dir / f"sft_answers.rank{dist_utils.rank()}.jsonl",
+                cfg.teacher or "",
+                per_prompt=cfg.sft_answers,
             )
 
         self.state = TrainState()

@@ -162,3 +162,18 @@ def test_resolved_defaults_are_saved_and_resumed(tmp_path):
 def test_likelihood_refuses_ppo_epochs():
     with pytest.raises(SystemExit, match="ppo_epochs"):
         parse_config([*REQUIRED, "--objective", "likelihood", "--ppo-epochs", "2"])
+
+
+@pytest.mark.parametrize("name", ["outcome_weight", "mixed_weight"])
+def test_the_extensions_extend_the_likelihood_objective_only(name):
+    option = "--" + name.replace("_", "-")
+    cfg, _ = parse_config([*REQUIRED, "--objective", "likelihood", option, "0.5"])
+    assert getattr(cfg, name) == 0.5
+    for other in (["--objective", "drafts"], ["--method", "grpo"]):
+        with pytest.raises(SystemExit, match=name):
+            parse_config([*REQUIRED, *other, option, "0.5"])
+
+
+def test_the_mixed_term_refuses_fsdp():
+    with pytest.raises(SystemExit, match="--fsdp"):
+        parse_config([*REQUIRED, "--objective", "likelihood", "--mixed-weight", "1", "--fsdp"])

@@ -141,6 +141,19 @@ def test_likelihood_objective_three_steps_then_resume(toy_world, gateway, verifi
     assert all(r["forks_failed"] == 0 for r in rows)
 
 
+def test_likelihood_with_both_extensions(toy_world, gateway, verifier, tmp_path):
+    """--outcome-weight: the checker's reward enters the update (reward_mean reported);
+    --mixed-weight: each scored chunk's consensus continuation is trained on off-policy (the
+    verifier also scores the continuations against each other, so mixed_tokens > 0)."""
+    out = tmp_path / "extensions"
+    argv = [*common(toy_world, out, steps=2), *omniopd_args(gateway, verifier), *TINY_LIKELIHOOD]
+    main([*argv, "--outcome-weight", "0.5", "--mixed-weight", "1"])
+    rows = check_run(out, 2)
+    assert all(0 <= r["reward_mean"] <= 1 for r in rows)
+    assert all(r["forks_failed"] == 0 and r["forks_scored"] > 0 for r in rows)
+    assert all(r["mixed_tokens"] > 0 and 0 < r["mixed_prob"] < 1 for r in rows)
+
+
 @pytest.mark.parametrize("method", ["opd", "sft", "grpo"])
 def test_baselines_three_steps_then_resume(method, toy_world, gateway, tmp_path):
     out = tmp_path / method
@@ -162,6 +175,25 @@ def test_baselines_three_steps_then_resume(method, toy_world, gateway, tmp_path)
         assert all(r["opd_kl"] > 0 for r in rows)
     main([*argv, "--resume", "--steps", "4"])
     check_run(out, 4)
+
+
+def test_sft_with_several_teacher_answers_per_prompt(toy_world, gateway, tmp_path):
+    """--sft-answers 3: three teacher answers per prompt (one request, n = 3), all trained on,
+    cached for resumes; a cache written with one answer per prompt reads as one."""
+    from omniopd.trainer.baselines import AnswerCache
+
+    out = tmp_path / "sft3"
+    argv = [*common(toy_world, out, steps=2), "--method", "sft", "--gateway", gateway]
+    main([*argv, "--teacher", "toy", "--sft-answers", "3"])
+    rows = check_run(out, 2)
+    assert all(r["answers_failed"] == 0 and r["teacher_tokens"] > 0 for r in rows)
+    lines = [json.loads(x) for x in (out / "sft_answers.rank0.jsonl").read_text().splitlines()]
+    assert lines and all(len(x["answers"]) == 3 for x in lines)
+
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"key": AnswerCache(old, "t").key("p"), "answer": "a"}) + "\n")
+    assert AnswerCache(old, "t").get("p") == ["a"]
+    assert AnswerCache(old, "t", per_prompt=2).get("p") is None  # fetched again, with 2
 
 
 def test_bfloat16_keeps_float32_master_weights(toy_world, tmp_path):

@@ -14,8 +14,11 @@ from omniopd.trainer.likelihood import token_terms
 from omniopd.trainer.losses import (
     chunk_likelihood_loss,
     chunk_prior_mean,
+    consensus_index,
     forward_kl,
     likelihood_target,
+    outcome_weights,
+    shaped_offpolicy_loss,
     unaudited_kl_loss,
 )
 from omniopd.trainer.models import Batch, continuation_logits, token_logprobs
@@ -245,3 +248,40 @@ def test_checkpointed_layers_give_the_same_terms_and_gradients(tiny_student, toy
     assert all(layer.training for layer in layers)
     assert not student.training
     assert not any(m.training for layer in layers for m in layer.modules() if m is not layer)
+
+
+def test_outcome_weights_are_the_centred_reward_on_every_response_token():
+    """--outcome-weight λ: λ·(r_b − r̄) on each of response b's tokens, 0 on padding; added to
+    π̂ it makes a right answer likelier and a wrong one less likely."""
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    w = outcome_weights(torch.tensor([1.0, 0.0, 1.0]), 2 / 3, mask, weight=0.6)
+    want = torch.tensor([[0.2, 0.2, 0.0], [-0.4, -0.4, -0.4], [0.2, 0.0, 0.0]])
+    torch.testing.assert_close(w, want)
+    logp = torch.tensor([[-1.0, -2.0, -3.0]] * 3, requires_grad=True)
+    loss, _ = chunk_likelihood_loss(logp, w, num_responses=3)
+    loss.backward()
+    assert float(logp.grad[0, 0]) < 0 < float(logp.grad[1, 0])  # descent raises right, lowers wrong
+
+
+def test_the_consensus_is_the_continuation_closest_to_the_others():
+    """--mixed-weight: among N continuations, the one with the largest mean similarity to the
+    other N − 1 (its own diagonal left out); the first on a tie."""
+    sim = [[1.0, 0.2, 0.3], [0.2, 1.0, 0.9], [0.3, 0.9, 1.0]]
+    assert consensus_index(sim) == 2  # means 0.25, 0.55, 0.6
+    assert consensus_index([[1.0, 0.5], [0.5, 1.0]]) == 0
+    assert consensus_index([[1.0]]) == 0
+
+
+def test_the_off_policy_term_is_shaped_by_p_over_p_plus_gamma():
+    """LUFFY's shaping of an off-policy target: loss −μ Σ p/(p+γ) / B, gradient with respect to
+    log p equal to −μ γ p / (p+γ)² / B on target tokens, 0 on padding."""
+    logp = torch.log(torch.tensor([[0.5, 0.01, 0.3]])).requires_grad_(True)
+    mask = torch.tensor([[True, True, False]])
+    loss, m = shaped_offpolicy_loss(logp, mask, gamma=0.1, weight=2.0, num_responses=4)
+    p = torch.tensor([0.5, 0.01])
+    assert float(loss) == pytest.approx(float(-2.0 * (p / (p + 0.1)).sum() / 4))
+    loss.backward()
+    want = -2.0 * 0.1 * p / (p + 0.1) ** 2 / 4
+    torch.testing.assert_close(logp.grad[0, :2], want)
+    assert float(logp.grad[0, 2]) == 0 and m["mixed_tokens"] == 2
+    assert m["mixed_prob"] == pytest.approx(0.255)
