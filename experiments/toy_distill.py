@@ -144,6 +144,12 @@ ARMS: tuple[Arm, ...] = (
               "--metric", "rouge1", LIKELIHOOD_BASE),
     _ablation("omniopd-likelihood-embedding", "the published objective with embedding cosine",
               "--metric", "embedding", LIKELIHOOD_BASE),
+    Arm("omniopd-outcome", "omniopd", "this project's extension (after KDRL): the published "
+        "objective plus the answer checker's reward on the whole response, λ = 1", TEACHER,
+        (*LIKELIHOOD_BASE, "--outcome-weight", "1"), ablation=True),
+    Arm("omniopd-mixed", "omniopd", "this project's extension (after LUFFY): the published "
+        "objective plus each chunk's consensus teacher continuation, off-policy, μ = 1", TEACHER,
+        (*LIKELIHOOD_BASE, "--mixed-weight", "1"), ablation=True),
 )  # fmt: skip
 ARM_NAMES = tuple(a.name for a in ARMS)
 MAIN_ARMS = ("student", "sft", "grpo", "opd", "omniopd", "omniopd-char")
@@ -1449,7 +1455,12 @@ def parser() -> argparse.ArgumentParser:
         "Resumable: rerun the same command to continue. Flags after -- go to every "
         "training run's omniopd-train.",
     )
-    p.add_argument("--world", type=Path, help="a toy world folder (default: the cached one)")
+    p.add_argument(
+        "--world",
+        default="arith",
+        help="arith or chain (docs/toy.md: that world, built and cached on first use), or a toy"
+        " world's folder (default arith)",
+    )
     p.add_argument(
         "--runs-dir",
         type=Path,
@@ -1504,7 +1515,11 @@ def parser() -> argparse.ArgumentParser:
         default=5,
         help="held-out evaluations per run, evenly spaced (default 5)",
     )
-    budget.add_argument("--max-new-tokens", type=int, default=40, help="answer length limit")
+    budget.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="answer length limit (default: 40 on arith, 128 on chain, whose answers run to 107)",
+    )
     budget.add_argument("--eval-limit", type=int, help="first N eval rows only (default all)")
     budget.add_argument("--val-limit", type=int, help="first N val rows only (default all)")
     budget.add_argument("--device", default="cpu", help="torch device of the training runs")
@@ -1551,6 +1566,25 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+# The answer-length limit of each world's runs and evaluations, in student tokens.
+ANSWER_TOKENS = {"arith": 40, "chain": 128}
+
+
+def resolve_world(name_or_folder: str):
+    """The toy world named ``arith`` or ``chain`` (built and cached on first use), or the one
+    in a folder."""
+    import torch
+
+    torch.set_num_threads(1)
+    from omniopd.toy import ToyWorld, ensure_toy_world
+    from omniopd.toy.recipe import RECIPES
+
+    if name_or_folder in RECIPES:
+        say(f"the {name_or_folder} toy world (built and cached on first use: minutes)")
+        return ensure_toy_world(RECIPES[name_or_folder])
+    return ToyWorld.at(Path(name_or_folder))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra: list[str] = []
@@ -1559,13 +1593,16 @@ def main(argv: list[str] | None = None) -> int:
         argv, extra = argv[:cut], argv[cut + 1 :]
     args = parser().parse_args(argv)
     args.argv = [*argv, *(["--", *extra] if extra else [])]
+    os.environ.update({**ONE_THREAD, **OFFLINE})
+    configure(args.log_level)
+    world = resolve_world(args.world)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = ANSWER_TOKENS[world.manifest["recipe"].get("world", "arith")]
     for name in ("steps", "batch_size", "evals", "max_new_tokens", "estimate_steps"):
         if getattr(args, name) < 1:
             parser().error(f"--{name.replace('_', '-')} must be at least 1")
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.lrs)) != len(args.lrs):
         parser().error("--seeds and --lrs must not repeat a value")
-    os.environ.update({**ONE_THREAD, **OFFLINE})
-    configure(args.log_level)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     budget = Budget(
         steps=args.steps,
@@ -1580,16 +1617,6 @@ def main(argv: list[str] | None = None) -> int:
     if len(budget.seeds) < 3 and not args.estimate:
         say(f"note: {len(budget.seeds)} seed(s); the experiment asks for at least 3")
 
-    import torch
-
-    torch.set_num_threads(1)
-    from omniopd.toy import ToyWorld, ensure_toy_world
-
-    if args.world is not None:
-        world = ToyWorld.at(args.world)
-    else:
-        say("the toy world (built and cached on first use: about 5 minutes)")
-        world = ensure_toy_world()
     recipe = world.manifest.get("recipe_hash", "unknown")
     runs = args.runs_dir.resolve()
     places = Places(

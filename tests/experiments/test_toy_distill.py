@@ -20,7 +20,8 @@ ARMS = [
     "student", "sft", "grpo", "opd", "omniopd", "omniopd-char", "omniopd-uniform-prior",
     "omniopd-lexical", "omniopd-hybrid", "omniopd-random-forks", "omniopd-alpha0.5",
     "omniopd-alpha8", "omniopd-logratio", "omniopd-batch-baseline", "omniopd-likelihood",
-    "omniopd-likelihood-rouge1", "omniopd-likelihood-embedding",
+    "omniopd-likelihood-rouge1", "omniopd-likelihood-embedding", "omniopd-outcome",
+    "omniopd-mixed",
 ]  # fmt: skip
 TEACHER_ARMS = [a for a in ARMS if a == "sft" or a.startswith("omniopd")]
 # Smaller drafts for speed; chunk sizes and teacher samples are what the published objective's
@@ -122,3 +123,28 @@ def test_a_flag_that_arms_differ_in_cannot_be_set_for_all(tmp_path):
     done = run(["--runs-dir", str(tmp_path), "--docs", str(tmp_path), "--", "--metric", "hybrid"])
     assert done.returncode != 0
     assert "--metric after --" in done.stderr
+
+
+def test_the_chain_world_runs_through_the_experiment(tmp_path):
+    """``--world`` takes a chain world (here a tiny one): its answers' length limit comes from
+    the world (128 tokens) unless given, and the published objective's arms, its extensions and
+    the baselines run on it. Fewer arms than above: their code paths are the same."""
+    from omniopd.toy import build_tiny
+    from omniopd.toy.recipe import TINY_CHAIN
+
+    world = build_tiny(tmp_path / "tiny-chain", TINY_CHAIN)
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    arms = ["student", "sft", "opd", "omniopd-likelihood", "omniopd-outcome", "omniopd-mixed"]
+    done = run(
+        [
+            *("--world", str(world.root), "--runs-dir", str(runs), "--docs", str(docs)),
+            *("--steps", "2", "--batch-size", "4", "--evals", "2", "--lrs", "1e-3"),
+            *("--seeds", "0", "--eval-limit", "16", "--val-limit", "16", "--arms", *arms),
+        ]
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    summary = json.loads((docs / "results" / "summary.json").read_text())
+    assert list(summary["arms"]) == arms
+    assert summary["budget"]["max_new_tokens"] == 128
+    for name in arms[1:]:
+        assert summary["arms"][name]["complete"], name
