@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format proto toy models bench clean compose-tool reliability
+.PHONY: setup demo test lint format proto toy toy-chain models bench clean compose-tool reliability
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ proto: $(STAMP)
 
 toy: $(STAMP)
 	$(VENV)/bin/omniopd-toy build
+
+# The long-answer world (docs/toy.md); not part of `make test`, whose chain tests use a tiny one.
+toy-chain: $(STAMP)
+	$(VENV)/bin/omniopd-toy build --world chain
 
 # SmolLM2-135M-Instruct as a Hugging Face folder (docs/quickstart.md, "A real model on the CPU").
 models: $(STAMP)

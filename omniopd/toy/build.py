@@ -28,7 +28,7 @@ from typing import Any
 
 from omniopd.log import JsonFormatter
 from omniopd.paths import make_readable, omniopd_home
-from omniopd.toy.recipe import ModelSpec, Recipe
+from omniopd.toy.recipe import BANDS, EVAL_MAX_NEW_TOKENS, ModelSpec, Recipe
 from omniopd.toy.world import MANIFEST, MODEL_DIRS, ToyWorld
 
 log = logging.getLogger("omniopd.toy.build")
@@ -52,6 +52,7 @@ def _worker_command(name: str, spec: ModelSpec, recipe: Recipe, root: Path) -> l
         "--root", str(root),
         "--spec", json.dumps(asdict(spec)),
         "--max-length", str(recipe.max_length),
+        "--max-new-tokens", str(EVAL_MAX_NEW_TOKENS[recipe.world]),
         "--seed", str(recipe.data_seed),
     ]  # fmt: skip
 
@@ -107,14 +108,13 @@ def build_world(recipe: Recipe, root: Path, workers: int | None = None) -> dict[
     import transformers
     from transformers.utils import logging as hf_logging
 
-    from omniopd.toy.task import make_splits
-    from omniopd.toy.world import make_config, make_tokenizers, write_splits
+    from omniopd.toy.world import make_config, make_tokenizers, world_splits, write_splits
 
     hf_logging.disable_progress_bar()
     start = time.perf_counter()
     load_at_start = os.getloadavg()[0]
     world = ToyWorld.at(root)
-    splits = make_splits(recipe.data_seed, recipe.n_train, recipe.n_val, recipe.n_eval)
+    splits = world_splits(recipe)
     rows = write_splits(world, splits)
     tokenizers = make_tokenizers(recipe, splits)
     for name, folder in MODEL_DIRS.items():
@@ -135,6 +135,7 @@ def build_world(recipe: Recipe, root: Path, workers: int | None = None) -> dict[
     }
     reports = run_workers(commands, workers, threads)
     models = {name: reports[name] for name in MODEL_DIRS}
+    check_bands(recipe.world, models)
     manifest = {
         "kind": "trained",
         "recipe": recipe.to_dict(),
@@ -155,6 +156,28 @@ def build_world(recipe: Recipe, root: Path, workers: int | None = None) -> dict[
     }
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+class BandsMissed(RuntimeError):
+    """A built world whose models measure outside the bands its task asks for."""
+
+
+def check_bands(world: str, models: dict[str, Any]) -> None:
+    """Raise :class:`BandsMissed` naming each model whose greedy eval accuracy is outside its
+    band in :data:`omniopd.toy.recipe.BANDS`, and by how much."""
+    misses = []
+    for name, (low, high) in BANDS[world].items():
+        got = models[name]["eval"]["accuracy_greedy"]
+        if got < low:
+            misses.append(f"{name} {got:.3f}, {low - got:.3f} below the band's {low:.2f}")
+        elif got > high:
+            misses.append(f"{name} {got:.3f}, {got - high:.3f} above the band's {high:.2f}")
+    if misses:
+        raise BandsMissed(
+            f"the {world} world misses its bands (greedy accuracy on eval): "
+            + "; ".join(misses)
+            + "; not saved (change the recipe in omniopd/toy/recipe.py)"
+        )
 
 
 @contextmanager

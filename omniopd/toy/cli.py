@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from omniopd.log import add_logging_args, configure_from_args
+from omniopd.toy.recipe import WORLDS
 
 log = logging.getLogger("omniopd.toy")
 
@@ -22,17 +23,21 @@ def parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--rebuild", action="store_true", help="build again even if cached")
     build.add_argument(
+        "--world", choices=WORLDS, default="arith", help="the task (docs/toy.md); default arith"
+    )
+    build.add_argument(
         "--workers", type=int, default=None, help="training processes (default: min(3, CPUs))"
     )
     tiny = sub.add_parser("tiny", help="randomly initialised models and small splits, in seconds")
     tiny.add_argument("--out", type=Path, required=True, help="folder to write the world to")
+    tiny.add_argument("--world", choices=WORLDS, default="arith", help="the task; default arith")
     return p
 
 
 def format_summary(manifest: dict) -> str:
     """The world's models as a table: parameters, greedy and sampled accuracy on eval."""
     lines = [
-        f"toy world {manifest['recipe_hash']}, built in {manifest['build_seconds']:.0f} s",
+        f"toy world {manifest['recipe'].get('world', 'arith')} {manifest['recipe_hash']}, built in {manifest['build_seconds']:.0f} s",
         f"{'model':<14}{'params':>10}{'greedy':>9}{'sampled':>9}{'train s':>9}",
     ]
     for name, m in manifest["models"].items():
@@ -51,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(f"--workers must be >= 1, got {args.workers}")
     if args.command == "build":
         from omniopd.toy.build import copy_world, ensure_toy_world
+        from omniopd.toy.recipe import RECIPES
 
-        world = ensure_toy_world(rebuild=args.rebuild, workers=args.workers)
+        world = ensure_toy_world(RECIPES[args.world], rebuild=args.rebuild, workers=args.workers)
         print(format_summary(world.manifest))
         if args.out is not None:
             try:
@@ -65,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "tiny":
         from transformers.utils import logging as hf_logging
 
+        from omniopd.toy.recipe import TINY_RECIPES
         from omniopd.toy.world import build_tiny
 
         hf_logging.disable_progress_bar()
-        world = build_tiny(args.out)
+        world = build_tiny(args.out, TINY_RECIPES[args.world])
         log.info("tiny world built in %.1f s", world.manifest["build_seconds"])
         print(world.root)
     return 0

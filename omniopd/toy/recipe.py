@@ -10,9 +10,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-# Bump when task.py, text.py or train.py change what a recipe produces.
+# Bump when task.py, chain.py, text.py or train.py change what a recipe produces.
 RECIPE_VERSION = "1"
 TOKENIZERS = ("bpe", "char")
+WORLDS = ("arith", "chain")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Recipe:
+    world: str = "arith"  # the task: "arith" (omniopd.toy.task) or "chain" (omniopd.toy.chain)
     data_seed: int = 1234
     n_train: int = 60_000
     n_val: int = 500
@@ -88,8 +90,17 @@ class Recipe:
     )  # fmt: skip
     version: str = RECIPE_VERSION
 
+    def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise ValueError(f"world must be one of {WORLDS}, got {self.world!r}")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The recipe as JSON; ``world`` only when it is not ``arith``, so that the recipes
+        written before there were two worlds keep their hash (and their cached worlds)."""
+        out = asdict(self)
+        if out["world"] == "arith":
+            del out["world"]
+        return out
 
     def hash(self) -> str:
         """12 hex digits of the SHA-256 of the recipe's canonical JSON."""
@@ -107,3 +118,47 @@ TINY = Recipe(
     ),
     student=ModelSpec(hidden=32, layers=1, heads=4, intermediate=64, tokenizer="bpe", seed=3),
 )
+
+
+# The chain world (omniopd.toy.chain): answers of 60-120 tokens, so longer sequences; sized so
+# that it builds from nothing in about 15 minutes on 2 CPU cores (docs/toy.md has the figures).
+CHAIN = Recipe(
+    world="chain",
+    n_val=200,
+    max_length=320,
+    teacher=ModelSpec(
+        hidden=96, layers=3, heads=4, intermediate=384, tokenizer="bpe", steps=3000,
+        batch_size=32, lr=2e-3, seed=1, stop_at=0.85, check_every=250, check_from=1000,
+    ),
+    teacher_char=ModelSpec(
+        hidden=96, layers=3, heads=4, intermediate=384, tokenizer="char", steps=3000,
+        batch_size=32, lr=2e-3, seed=2, stop_at=0.85, check_every=250, check_from=1000,
+    ),
+    student=ModelSpec(
+        hidden=64, layers=2, heads=4, intermediate=256, tokenizer="bpe", steps=3000,
+        batch_size=32, lr=3e-3, seed=3, stop_at=0.25, check_every=100, check_from=500,
+    ),
+)  # fmt: skip
+
+TINY_CHAIN = Recipe(
+    world="chain",
+    n_train=512,
+    n_val=64,
+    n_eval=64,
+    max_length=320,
+    teacher=TINY.teacher,
+    teacher_char=TINY.teacher_char,
+    student=TINY.student,
+)
+
+RECIPES = {"arith": Recipe(), "chain": CHAIN}
+TINY_RECIPES = {"arith": TINY, "chain": TINY_CHAIN}
+
+# What a built world must measure (greedy accuracy on its eval split), per model: (low, high).
+# The builder refuses to save a world outside them (omniopd.toy.build.check_bands).
+BANDS: dict[str, dict[str, tuple[float, float]]] = {
+    "arith": {"teacher": (0.85, 1.0), "teacher_char": (0.85, 1.0), "student": (0.15, 0.50)},
+    "chain": {"teacher": (0.80, 1.0), "teacher_char": (0.80, 1.0), "student": (0.10, 0.40)},
+}
+# Longest answer the world's evaluations generate, in tokens of the longest tokenizer (char).
+EVAL_MAX_NEW_TOKENS = {"arith": 48, "chain": 192}

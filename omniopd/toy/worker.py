@@ -29,11 +29,18 @@ from omniopd.toy.world import MODEL_DIRS, ToyWorld, make_model, n_params
 
 log = logging.getLogger("omniopd.toy.build")
 
-EVAL_MAX_NEW_TOKENS = 48
+EVAL_MAX_NEW_TOKENS = 48  # the arith world's; the builder passes each world's own
 EVAL_BATCH_SIZE = 250
 
 
-def train_one(name: str, spec: ModelSpec, max_length: int, root: Path, seed: int) -> dict[str, Any]:
+def train_one(
+    name: str,
+    spec: ModelSpec,
+    max_length: int,
+    root: Path,
+    seed: int,
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
+) -> dict[str, Any]:
     """Load the tokenizer saved in ``root/<folder>``, train a fresh model on the training split,
     save it beside the tokenizer, and measure it on the eval split. Returns its report."""
     hf_logging.disable_progress_bar()
@@ -50,7 +57,7 @@ def train_one(name: str, spec: ModelSpec, max_length: int, root: Path, seed: int
             model,
             tokenizer,
             val_rows,
-            max_new_tokens=EVAL_MAX_NEW_TOKENS,
+            max_new_tokens=max_new_tokens,
             batch_size=EVAL_BATCH_SIZE,
             sampled=False,
         ).accuracy_greedy
@@ -66,7 +73,7 @@ def train_one(name: str, spec: ModelSpec, max_length: int, root: Path, seed: int
         model,
         tokenizer,
         list(read_jsonl(world.eval)),
-        max_new_tokens=EVAL_MAX_NEW_TOKENS,
+        max_new_tokens=max_new_tokens,
         batch_size=EVAL_BATCH_SIZE,
         seed=seed,
     )
@@ -103,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", required=True, type=Path)
     p.add_argument("--spec", required=True, help="the ModelSpec as JSON")
     p.add_argument("--max-length", required=True, type=int)
+    p.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS)
     p.add_argument("--seed", required=True, type=int, help="seed of the sampled evaluation")
     add_logging_args(p)
     args = p.parse_args(argv)
     configure_from_args(args)
     spec = ModelSpec(**json.loads(args.spec))
-    report = train_one(args.name, spec, args.max_length, args.root, args.seed)
+    report = train_one(args.name, spec, args.max_length, args.root, args.seed, args.max_new_tokens)
     print(json.dumps(report), flush=True)
     return 0
 

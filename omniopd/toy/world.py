@@ -26,6 +26,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from omniopd.paths import make_readable
+from omniopd.toy.chain import make_chain_splits
 from omniopd.toy.recipe import TINY, ModelSpec, Recipe
 from omniopd.toy.task import Splits, make_splits, write_jsonl
 from omniopd.toy.text import char_tokenizer, train_bpe_tokenizer
@@ -62,6 +63,12 @@ class ToyWorld:
     @property
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.root / MANIFEST).read_text())
+
+
+def world_splits(recipe: Recipe) -> Splits:
+    """The recipe's task (``arith`` or ``chain``) cut into its disjoint splits."""
+    make = make_chain_splits if recipe.world == "chain" else make_splits
+    return make(recipe.data_seed, recipe.n_train, recipe.n_val, recipe.n_eval)
 
 
 def write_splits(world: ToyWorld, splits: Splits) -> dict[str, int]:
@@ -130,7 +137,7 @@ def build_tiny(out_dir: Path | str, recipe: Recipe = TINY) -> ToyWorld:
     start = time.perf_counter()
     world = ToyWorld.at(Path(out_dir))
     world.root.mkdir(parents=True, exist_ok=True)
-    splits = make_splits(recipe.data_seed, recipe.n_train, recipe.n_val, recipe.n_eval)
+    splits = world_splits(recipe)
     counts = write_splits(world, splits)
     tokenizers = make_tokenizers(recipe, splits)
     made: dict[str, dict[str, Any]] = {}

@@ -16,9 +16,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from omniopd.evaluation import evaluate
 from omniopd.toy import ToyWorld, ensure_toy_world
+from omniopd.toy.recipe import BANDS as WORLD_BANDS
 from omniopd.toy.task import read_jsonl
 
-BANDS = {"teacher": (0.85, 1.0), "teacher_char": (0.85, 1.0), "student": (0.15, 0.50)}
+BANDS = WORLD_BANDS["arith"]
 N_EVAL = 500
 
 

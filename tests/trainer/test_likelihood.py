@@ -118,16 +118,14 @@ def batch_of(tokenizer, prompts: list[str], answers: list[str]) -> Batch:
     return Batch(p_ids, p_mask, t_ids, t_mask)
 
 
-@pytest.mark.parametrize("slice_tokens", [1, 3, 1024])
-def test_sliced_terms_equal_the_whole_logits(tiny_student, tiny_teacher, slice_tokens):
-    """token_terms through the LM head in slices (checkpointed) = the full-logits computation,
-    values and gradients, at a temperature other than 1."""
+def scoring_case(model_dir):
+    """A reference that differs from the student, two responses, an audited span of the second
+    (π̂ = 0.6) and the unaudited rest: what the update's terms are checked on."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_student)
-    model = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
-    ref = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
-    with torch.no_grad():  # a reference that differs from the student
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ref = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))
     batch = batch_of(tokenizer, ["1+2=?", "12*3=?"], ["3.", "36 and more"])
@@ -135,6 +133,16 @@ def test_sliced_terms_equal_the_whole_logits(tiny_student, tiny_teacher, slice_t
     unaudited[1, 2:5] = False
     weight = torch.zeros(batch.mask_BT.shape)
     weight[1, 2:5] = 0.6
+    return ref, batch, unaudited, weight
+
+
+@pytest.mark.parametrize("slice_tokens", [1, 3, 1024])
+def test_sliced_terms_equal_the_whole_logits(tiny_student, tiny_teacher, slice_tokens):
+    """token_terms through the LM head in slices (checkpointed) = the full-logits computation,
+    values and gradients, at a temperature other than 1."""
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
+    ref, batch, unaudited, weight = scoring_case(tiny_student)
 
     logp, kl = token_terms(model, ref, batch, temperature=0.7, slice_tokens=slice_tokens)
     loss = -(weight * logp).sum() + 0.1 * (kl * unaudited).sum()
@@ -198,19 +206,10 @@ def test_checkpointed_layers_give_the_same_terms_and_gradients(tiny_student, toy
     from omniopd.evaluation import evaluate
     from omniopd.trainer.models import checkpoint_layers
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_student)
     plain = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
     kept = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
     assert checkpoint_layers(kept) == kept.config.num_hidden_layers
-    ref = AutoModelForCausalLM.from_pretrained(tiny_student).eval()
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    batch = batch_of(tokenizer, ["1+2=?", "12*3=?"], ["3.", "36 and more"])
-    unaudited = batch.mask_BT.clone()
-    unaudited[1, 2:5] = False
-    weight = torch.zeros(batch.mask_BT.shape)
-    weight[1, 2:5] = 0.6
+    ref, batch, unaudited, weight = scoring_case(tiny_student)
 
     def run(model) -> tuple[torch.Tensor, list[torch.Tensor], int]:
         calls = 0  # MLP forward calls (a recomputation does not run forward hooks)
