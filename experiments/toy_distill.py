@@ -97,14 +97,32 @@ OMNIOPD_BASE = (
     *("--objective", "drafts", "--prior", "student", "--metric", "embedding"),
     *("--fork-strategy", "peak", "--alpha", "2", "--reward", "prob", "--baseline", "group"),
 )
-# The published objective, sized for the toy world's ~27-token answers: 2 chunks of 8 tokens
+# The published objective, sized for the arith world's ~27-token answers: 2 chunks of 8 tokens
 # per response (about 60% of an answer audited), 8 teacher samples each; α and β as published.
-# The paper's C = 50 would not fit in one toy answer.
+# The paper's C = 50 would not fit in one toy answer. The chunks follow the world
+# (CHUNKS_BY_WORLD, applied when a run's flags are written).
 LIKELIHOOD_BASE = (
     *("--objective", "likelihood", "--metric", "edit", "--fork-strategy", "peak"),
     *("--chunk-tokens", "8", "--chunks-per-response", "2", "--teacher-samples", "8"),
     *("--alpha", "1", "--beta", "0.1"),
 )
+
+
+# The published objective's chunks per world: 2 of 8 tokens in the arith world's ~27-token
+# answers, 4 of 16 in the chain world's 73-124 (about the same share audited, 60 %).
+CHUNKS_BY_WORLD = {
+    "arith": {"--chunk-tokens": "8", "--chunks-per-response": "2"},
+    "chain": {"--chunk-tokens": "16", "--chunks-per-response": "4"},
+}
+
+
+def sized_for(world: str, flags: tuple[str, ...]) -> list[str]:
+    """An arm's flags with the published objective's chunk sizes of ``world``."""
+    out = list(flags)
+    if "likelihood" in out:
+        for flag, value in CHUNKS_BY_WORLD[world].items():
+            out[out.index(flag) + 1] = value
+    return out
 
 
 def _ablation(
@@ -240,6 +258,11 @@ class Places:
     @property
     def results(self) -> Path:
         return self.docs / "results"
+
+    @property
+    def world_name(self) -> str:
+        """``arith`` or ``chain``: the task the world was built for."""
+        return self.world.manifest["recipe"].get("world", "arith")
 
     def show(self, value: str) -> str:
         """A path as the results page writes it: $W for the world, $RUNS for the runs folder."""
@@ -395,7 +418,7 @@ class RunSpec:
             argv += ["--verifier", verifier]
         if arm.method == "opd":
             argv += ["--opd-teacher", str(w.teacher)]
-        return [*argv, *budget.extra, *arm.flags]
+        return [*argv, *budget.extra, *sized_for(places.world_name, arm.flags)]
 
     def shown(self, places: Places, budget: Budget) -> list[str]:
         """The arguments as the results page prints them ($W, $RUNS, $GATEWAY, $VERIFIER)."""

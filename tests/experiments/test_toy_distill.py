@@ -83,6 +83,7 @@ def test_every_arm_runs_two_steps_and_a_rerun_only_finishes_what_is_missing(tmp_
         assert (arm["teacher_tokens"] > 0) == (name in TEACHER_ARMS), name
     assert "--teacher toy-char" in summary["arms"]["omniopd-char"]["command"]
     assert "--metric lexical" in summary["arms"]["omniopd-lexical"]["command"]
+    assert "--chunk-tokens 8" in summary["arms"]["omniopd-likelihood"]["command"]
     assert summary["budget"]["trainer_flags"] == TINY_TRAINER
     page = (docs / "results.md").read_text()
     assert page.index("## Goals") < page.index("## Results") < page.index("## How to reproduce")
@@ -148,3 +149,5 @@ def test_the_chain_world_runs_through_the_experiment(tmp_path):
     assert summary["budget"]["max_new_tokens"] == 128
     for name in arms[1:]:
         assert summary["arms"][name]["complete"], name
+    command = summary["arms"]["omniopd-likelihood"]["command"]  # chunks sized for the world
+    assert "--chunk-tokens 16" in command and "--chunks-per-response 4" in command
