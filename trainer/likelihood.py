@@ -7,6 +7,10 @@
     5. agreement    k_c = Σ_n φ(y_c, t_n) from the verifier, then π̂_c            (scores.py)
     6. update       −Σ π̂_c log π_θ(chunk) + β·Σ KL(π_ref ‖ π_θ) on unaudited tokens, / B
 
+This project's two extensions, off by default (docs/method.md): ``--outcome-weight`` adds the
+answer checker's reward on every response token to step 6's weights; ``--mixed-weight`` adds an
+off-policy term on each chunk's consensus teacher continuation (:func:`consensus_batch`).
+
 Steps 4 and 5 run on the I/O thread while step 6 does what needs no teacher: the forward pass
 of the responses through the student and the reference, and the KL term's backward. When the
 verifier's counts arrive only the chunk term's backward is left.
