@@ -55,10 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build" and args.workers is not None and args.workers < 1:
         parser().error(f"--workers must be >= 1, got {args.workers}")
     if args.command == "build":
-        from omniopd.toy.build import copy_world, ensure_toy_world
+        from omniopd.toy.build import BandsMissed, copy_world, ensure_toy_world
         from omniopd.toy.recipe import RECIPES
 
-        world = ensure_toy_world(RECIPES[args.world], rebuild=args.rebuild, workers=args.workers)
+        try:
+            world = ensure_toy_world(
+                RECIPES[args.world], rebuild=args.rebuild, workers=args.workers
+            )
+        except BandsMissed as err:
+            print(f"omniopd-toy: {err}", file=sys.stderr)
+            return 1
         print(format_summary(world.manifest))
         if args.out is not None:
             try:
