@@ -1,6 +1,7 @@
 """One model of the toy world, trained and measured in a process of its own.
 
-``python -m omniopd.toy.worker --name teacher --root DIR --spec JSON --max-length 96 --seed 0``
+``python -m omniopd.toy.worker --name teacher --root DIR --spec JSON --max-length 96
+--max-new-tokens 48 --seed 0``
 loads the tokenizer already saved in ``DIR/<model folder>``, trains a fresh model on
 ``DIR/data/train.jsonl`` (stopping early on val accuracy if the spec says so), saves it beside
 the tokenizer, measures it on ``DIR/data/eval.jsonl``, and prints its report as one JSON line.
@@ -29,7 +30,6 @@ from omniopd.toy.world import MODEL_DIRS, ToyWorld, make_model, n_params
 
 log = logging.getLogger("omniopd.toy.build")
 
-EVAL_MAX_NEW_TOKENS = 48  # the arith world's; the builder passes each world's own
 EVAL_BATCH_SIZE = 250
 
 
@@ -39,7 +39,7 @@ def train_one(
     max_length: int,
     root: Path,
     seed: int,
-    max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
+    max_new_tokens: int,
 ) -> dict[str, Any]:
     """Load the tokenizer saved in ``root/<folder>``, train a fresh model on the training split,
     save it beside the tokenizer, and measure it on the eval split. Returns its report."""
@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", required=True, type=Path)
     p.add_argument("--spec", required=True, help="the ModelSpec as JSON")
     p.add_argument("--max-length", required=True, type=int)
-    p.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS)
+    p.add_argument(
+        "--max-new-tokens", required=True, type=int, help="answer limit of the evaluations"
+    )
     p.add_argument("--seed", required=True, type=int, help="seed of the sampled evaluation")
     add_logging_args(p)
     args = p.parse_args(argv)
