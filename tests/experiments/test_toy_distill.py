@@ -17,13 +17,13 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "experiments" / "toy_distill.py"
 ARMS = [
-    "student", "sft", "grpo", "opd", "omniopd", "omniopd-char", "omniopd-uniform-prior",
+    "student", "sft", "sft-matched", "grpo", "opd", "omniopd", "omniopd-char", "omniopd-uniform-prior",
     "omniopd-lexical", "omniopd-hybrid", "omniopd-random-forks", "omniopd-alpha0.5",
     "omniopd-alpha8", "omniopd-logratio", "omniopd-batch-baseline", "omniopd-likelihood",
     "omniopd-likelihood-rouge1", "omniopd-likelihood-embedding", "omniopd-outcome",
     "omniopd-mixed",
 ]  # fmt: skip
-TEACHER_ARMS = [a for a in ARMS if a == "sft" or a.startswith("omniopd")]
+TEACHER_ARMS = [a for a in ARMS if a.startswith(("sft", "omniopd"))]
 # Smaller drafts for speed; chunk sizes and teacher samples are what the published objective's
 # arms pin (the experiment refuses them after --), so every arm keeps its own.
 TINY_TRAINER = [
@@ -66,10 +66,10 @@ def test_every_arm_runs_two_steps_and_a_rerun_only_finishes_what_is_missing(tmp_
     before = docs_state()
 
     # Every arm, two steps, one learning rate and one seed: every arm's code path runs.
-    done = run([*common, "--lrs", "1e-3", "--seeds", "0", "--", *TINY_TRAINER])
+    done = run([*common, "--lrs", "1e-3", "--seeds", "0", "--arms", "all", "--", *TINY_TRAINER])
     assert done.returncode == 0, done.stderr[-5000:]
     assert docs_state() == before, "the experiment wrote into the repository's docs/"
-    summary = json.loads((docs / "results" / "summary.json").read_text())
+    summary = json.loads((docs / "results" / "summary.json").read_text())["worlds"]["arith"]
     assert list(summary["arms"]) == ARMS
     for name, arm in summary["arms"].items():
         for key in ("mean", "std", "seeds", "teacher_tokens", "repetition_rate", "wall_s"):
@@ -85,14 +85,24 @@ def test_every_arm_runs_two_steps_and_a_rerun_only_finishes_what_is_missing(tmp_
     assert "--metric lexical" in summary["arms"]["omniopd-lexical"]["command"]
     assert "--chunk-tokens 8" in summary["arms"]["omniopd-likelihood"]["command"]
     assert summary["budget"]["trainer_flags"] == TINY_TRAINER
+    assert summary["budget"]["lr_schedule"] == "linear"
+    # SFT matched to the named arm's teacher tokens: k answers per prompt, k their ratio
+    matched, sft, named = (summary["arms"][a] for a in ("sft-matched", "sft", "omniopd-mixed"))
+    k = matched["answers_per_prompt"]
+    assert k == max(1, round(named["teacher_tokens"] / sft["teacher_tokens"])) and k > 1
+    assert f"--sft-answers {k}" in matched["command"]
+    assert "--lr-schedule linear" in matched["command"]
     page = (docs / "results.md").read_text()
-    assert page.index("## Goals") < page.index("## Results") < page.index("## How to reproduce")
+    assert page.index("## Goals") < page.index("## The arith world")
+    assert page.index("Verdicts on the goals") < page.index("### arith: how to reproduce")
     for name in ARMS:
-        assert f"| `{name}` |" in page
+        assert f"| `{name}`" in page, name
+    assert "(= `omniopd-drafts`)" in page and f"(k = {k})" in page
     for png in ("accuracy_vs_updates", "accuracy_vs_teacher_tokens", "lr_sweep"):
-        assert (docs / "results" / f"{png}.png").read_bytes().startswith(b"\x89PNG"), png
+        path = docs / "results" / "arith" / f"{png}.png"
+        assert path.read_bytes().startswith(b"\x89PNG"), png
     assert (
-        len(list(runs.glob("*/*/result.json"))) == len(ARMS) - 1
+        len(list(runs.glob("arith/*/*/result.json"))) == len(ARMS) - 1
     )  # every trained arm, saved as it finished
 
     # A sweep over two learning rates and a second seed (one arm without services, to stay
@@ -101,10 +111,11 @@ def test_every_arm_runs_two_steps_and_a_rerun_only_finishes_what_is_missing(tmp_
     done = run([*sweep, "--", *TINY_TRAINER])
     assert done.returncode == 0, done.stderr[-5000:]
     assert "3 training runs (1 already finished)" in done.stderr
-    opd = json.loads((docs / "results" / "summary.json").read_text())["arms"]["opd"]
+    opd = json.loads((docs / "results" / "summary.json").read_text())["worlds"]["arith"]
+    opd = opd["arms"]["opd"]
     assert set(opd["lr_sweep"]) == {"0.001", "0.003"} and opd["lr"] in (1e-3, 3e-3)
     assert opd["seeds"] == [0, 1] and len(opd["accuracy_per_seed"]) == 2
-    results = sorted(runs.glob("opd/*/result.json"))
+    results = sorted(runs.glob("arith/opd/*/result.json"))
     assert len(results) == 3
 
     # A run killed after its last checkpoint, before its result was saved: the same command
@@ -136,18 +147,33 @@ def test_the_chain_world_runs_through_the_experiment(tmp_path):
     world = build_tiny(tmp_path / "tiny-chain", TINY_CHAIN)
     runs, docs = tmp_path / "runs", tmp_path / "docs"
     arms = ["student", "sft", "opd", "omniopd-likelihood", "omniopd-outcome", "omniopd-mixed"]
-    done = run(
-        [
-            *("--world", str(world.root), "--runs-dir", str(runs), "--docs", str(docs)),
-            *("--steps", "2", "--batch-size", "4", "--evals", "2", "--lrs", "1e-3"),
-            *("--seeds", "0", "--eval-limit", "16", "--val-limit", "16", "--arms", *arms),
-        ]
-    )
+    args = [
+        *("--world", str(world.root), "--runs-dir", str(runs), "--docs", str(docs)),
+        *("--steps", "2", "--batch-size", "4", "--evals", "2", "--lrs", "1e-3"),
+        *("--seeds", "0", "--eval-limit", "16", "--val-limit", "16", "--arms", *arms),
+    ]
+    done = run(args)
     assert done.returncode == 0, done.stderr[-5000:]
-    summary = json.loads((docs / "results" / "summary.json").read_text())
+    page = json.loads((docs / "results" / "summary.json").read_text())
+    summary = page["worlds"]["chain"]
     assert list(summary["arms"]) == arms
     assert summary["budget"]["max_new_tokens"] == 128
     for name in arms[1:]:
         assert summary["arms"][name]["complete"], name
     command = summary["arms"]["omniopd-likelihood"]["command"]  # chunks sized for the world
     assert "--chunk-tokens 16" in command and "--chunks-per-response 4" in command
+
+    # Another world's entry (here a copy of this one) is kept when this world's is rewritten,
+    # and the page has a section for each, the chain world first.
+    page["worlds"]["arith"] = {**summary, "recipe": "another"}
+    (docs / "results" / "summary.json").write_text(json.dumps(page))
+    again = run(args)
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert "(0 already finished)" not in again.stderr
+    page = json.loads((docs / "results" / "summary.json").read_text())
+    assert page["worlds"]["arith"]["recipe"] == "another"
+    assert page["worlds"]["chain"]["arms"] == summary["arms"]
+    text = (docs / "results.md").read_text()
+    assert text.index("## The chain world") < text.index("## The arith world")
+    for png in ("accuracy_vs_updates", "accuracy_vs_teacher_tokens"):
+        assert (docs / "results" / "chain" / f"{png}.png").is_file()
