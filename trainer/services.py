@@ -110,17 +110,17 @@ class Services:
 
     # -- start-up checks ------------------------------------------------------------------
 
-    def check(self, *, teacher_samples: int | None = None) -> None:
+    def check(self, *, teacher_samples: int | None = None, flag: str = "--teacher-samples") -> None:
         """Fail fast: each configured service answers, and the teacher exists with room for M.
 
         On failure the clients are closed and :class:`ServiceUnreachable` names the URL.
         """
-        problem = self.io.run(self._check(teacher_samples))
+        problem = self.io.run(self._check(teacher_samples, flag))
         if problem:
             self.close()
             raise ServiceUnreachable(problem)
 
-    async def _check(self, teacher_samples: int | None) -> str | None:
+    async def _check(self, teacher_samples: int | None, flag: str) -> str | None:
         """The first problem found, as a message (a SystemExit must not escape the loop)."""
         if self.stub is not None:
             try:
@@ -144,7 +144,8 @@ class Services:
             self.teacher_info = names[self.teacher]
             if teacher_samples is not None and teacher_samples > self.teacher_info.max_n:
                 return (
-                    f"teacher_samples (--teacher-samples) is {teacher_samples}, but teacher"
+                    f"{flag.removeprefix('--').replace('-', '_')} ({flag}) is {teacher_samples},"
+                    f" but teacher"
                     f" {self.teacher!r} allows at most {self.teacher_info.max_n} per request"
                 )
         if self.verifier is not None:

@@ -217,9 +217,10 @@ class Trainer:
                 policy=RetryPolicy(cfg.max_retries, cfg.retry_backoff_s),
                 timeout_s=cfg.request_timeout_s,
             )
-            self.run.services.check(
-                teacher_samples=cfg.teacher_samples if cfg.method == "omniopd" else None
-            )
+            if cfg.method == "omniopd":
+                self.run.services.check(teacher_samples=cfg.teacher_samples)
+            else:  # SFT asks for its answers per prompt in one request
+                self.run.services.check(teacher_samples=cfg.sft_answers, flag="--sft-answers")
         if cfg.method == "sft":
             self.run.extras["sft_cache"] = AnswerCache(
                 self.output_dir / f"sft_answers.rank{dist_utils.rank()}.jsonl",

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM
 from omniopd.trainer.checkpoint import latest_checkpoint, list_checkpoints, weights_digest
 from omniopd.trainer.cli import main
 from omniopd.trainer.metrics import STEP_KEYS
+from omniopd.trainer.services import ServiceUnreachable
 
 from .stack import TINY_LIKELIHOOD, Process, omniopd_args, service_env, train_command
 
@@ -189,6 +190,10 @@ def test_sft_with_several_teacher_answers_per_prompt(toy_world, gateway, tmp_pat
     assert all(r["answers_failed"] == 0 and r["teacher_tokens"] > 0 for r in rows)
     lines = [json.loads(x) for x in (out / "sft_answers.rank0.jsonl").read_text().splitlines()]
     assert lines and all(len(x["answers"]) == 3 for x in lines)
+
+    # More answers per prompt than the teacher serves in one request: refused at start.
+    with pytest.raises(ServiceUnreachable, match=r"sft_answers \(--sft-answers\) is 17"):
+        main([*argv, "--teacher", "toy", "--sft-answers", "17", "--output-dir", str(out) + "x"])
 
     old = tmp_path / "old.jsonl"
     old.write_text(json.dumps({"key": AnswerCache(old, "t").key("p"), "answer": "a"}) + "\n")
