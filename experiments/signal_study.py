@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     import torch
 
+    from omniopd.answers import check_answer, read_jsonl
     from omniopd.toy import ToyWorld, ensure_toy_world
-    from omniopd.toy.task import check_answer, read_jsonl
     from omniopd.verifier.embedder import Embedder
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))

@@ -108,7 +108,7 @@ def evaluate_model(path: Path, rows_path: Path, args: argparse.Namespace) -> Acc
     from omniopd.evaluation import evaluate
 
     torch.set_num_threads(1)  # the services start beside it (see ONE_THREAD)
-    from omniopd.toy.task import read_jsonl
+    from omniopd.answers import read_jsonl
 
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)

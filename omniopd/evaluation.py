@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
+from omniopd.answers import check_answer, read_jsonl
 from omniopd.log import add_logging_args, configure_from_args
-from omniopd.toy.task import check_answer, read_jsonl
 
 log = logging.getLogger("omniopd.evaluation")
 

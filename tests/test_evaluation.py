@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from omniopd.answers import read_jsonl
 from omniopd.evaluation import decode, evaluate, repeats
 from omniopd.toy import ToyWorld, build_tiny
-from omniopd.toy.task import read_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -232,7 +232,7 @@ def sft_step(run: Run, examples: list[Example]) -> dict[str, Any]:
 
 def answer_checker() -> Callable[[str, str], float]:
     """The toy task's checker: reward 1 for a correct final answer, else 0."""
-    from omniopd.toy.task import check_answer
+    from omniopd.answers import check_answer
 
     return lambda response, answer: float(check_answer(response, answer))
 

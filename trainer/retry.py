@@ -1,29 +1,19 @@
-"""Retries of service calls during a run: exponential backoff with full jitter, counted.
+"""What the services did during a step: retries and failures, counted for the step's metrics.
 
 At start a service that cannot be reached fails the run at once (see ``services.py``); once
 training, a transient failure (connection lost, timeout, 429/503, gRPC UNAVAILABLE) is retried
-so that a restarting gateway or verifier costs a few seconds, not the run. Every retry is
-counted in the step's metrics (``teacher_retries``, ``verifier_retries``).
+by the clients under the project's one policy (``omniopd/retry.py``), so that a restarting
+gateway or verifier costs a few seconds, not the run. Every retry is counted here
+(``teacher_retries``, ``verifier_retries``).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
+from omniopd.retry import RetryPolicy
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_retries: int = 4
-    backoff_s: float = 0.5
-    max_delay_s: float = 30.0
-
-    def delay(self, attempt: int, hint_s: float | None = None) -> float:
-        """Seconds before retry ``attempt`` (0-based): the server's hint when it gave one, else
-        ``backoff_s · 2^attempt`` with full jitter; at most ``max_delay_s``."""
-        if hint_s is not None:
-            return min(self.max_delay_s, max(0.0, hint_s))
-        return min(self.max_delay_s, random.uniform(0, self.backoff_s * 2**attempt))
+__all__ = ["Counters", "RetryPolicy"]
 
 
 @dataclass

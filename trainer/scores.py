@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
 
-from omniopd.trainer.retry import Counters, RetryPolicy
-from omniopd.trainer.teacher import TeacherReply
+from omniopd.gateway.client import TeacherReply
+from omniopd.retry import RetryPolicy
+from omniopd.trainer.retry import Counters
 from omniopd.verifier.client import AsyncVerifierClient, VerifierHTTPError
-
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 log = logging.getLogger("omniopd.trainer")
 
@@ -65,31 +64,6 @@ def service_metrics(scores: ForkScores, counters: Counters) -> dict[str, float]:
     }
 
 
-async def with_retries(
-    call: Callable[[], Awaitable[object]], policy: RetryPolicy, counters: Counters
-) -> object:
-    """Run ``call``, retrying transient HTTP failures with backoff; each retry counted."""
-    for attempt in range(policy.max_retries + 1):
-        try:
-            return await call()
-        except (httpx.TransportError, VerifierHTTPError) as err:
-            transient = not isinstance(err, VerifierHTTPError) or err.status in RETRY_STATUSES
-            if not transient or attempt == policy.max_retries:
-                raise
-            counters.verifier_retries += 1
-            delay = policy.delay(attempt)
-            log.warning(
-                "verifier call failed (%s: %s): retry %d of %d in %.2f s",
-                type(err).__name__,
-                err,
-                attempt + 1,
-                policy.max_retries,
-                delay,
-            )
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
-
-
 async def score_as_replies_arrive(
     replies: AsyncIterator[TeacherReply],
     drafts: dict[int, list[str]],
@@ -111,6 +85,19 @@ async def score_as_replies_arrive(
     verifier derives for them beyond the similarities is not used.
     """
     out = ForkScores()
+
+    def retried(err: BaseException, attempt: int, pause_s: float) -> None:
+        counters.verifier_retries += 1
+        log.warning(
+            "verifier call failed (%s: %s): retry %d of %d in %.2f s",
+            type(err).__name__,
+            err,
+            attempt,
+            policy.max_retries,
+            pause_s,
+        )
+
+    client = verifier.with_options(policy=policy, on_retry=retried)
     ready: asyncio.Queue[TeacherReply | None] = asyncio.Queue()
     slots = asyncio.Semaphore(max_in_flight)
     start = time.perf_counter()
@@ -141,16 +128,12 @@ async def score_as_replies_arrive(
         t0 = time.perf_counter()
         try:
             counters.verifier_calls += 1
-            response = await with_retries(
-                lambda: verifier.score(
-                    groups,
-                    metric=settings.metric,
-                    prior=settings.prior,
-                    alpha=settings.alpha,
-                    reward=settings.reward,
-                ),
-                policy,
-                counters,
+            response = await client.score(
+                groups,
+                metric=settings.metric,
+                prior=settings.prior,
+                alpha=settings.alpha,
+                reward=settings.reward,
             )
         except (httpx.HTTPError, VerifierHTTPError) as err:
             counters.verifier_errors.append(str(err))

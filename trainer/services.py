@@ -19,10 +19,12 @@ import httpx
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
+from omniopd.gateway.client import AsyncGatewayClient
 from omniopd.log import register_secret
-from omniopd.proto.v1 import gateway_pb2, gateway_pb2_grpc
+from omniopd.proto.v1 import gateway_pb2
+from omniopd.retry import RetryPolicy
 from omniopd.settings import load_settings, settings_config
-from omniopd.trainer.retry import Counters, RetryPolicy
+from omniopd.trainer.retry import Counters
 from omniopd.trainer.scores import ForkScores, ScoreSettings, score_as_replies_arrive
 from omniopd.trainer.teacher import TeacherReply, TeacherRequest, stream_teacher
 from omniopd.verifier.client import AsyncVerifierClient
@@ -63,11 +65,6 @@ class BackgroundLoop:
         self._thread.join(timeout=5)
 
 
-def grpc_target(address: str) -> str:
-    """``host:port`` (a ``grpc://`` prefix is accepted and dropped)."""
-    return address.removeprefix("grpc://")
-
-
 class Services:
     """Gateway and verifier clients shared by all steps of a run (all I/O on ``io``)."""
 
@@ -85,27 +82,26 @@ class Services:
         register_secret(tokens.verifier_token)
         self.gateway, self.verifier_url, self.teacher = gateway, verifier, teacher
         self.policy, self.timeout_s = policy, timeout_s
-        self.metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {tokens.gateway_token}"),) if tokens.gateway_token else ()
-        )
         self.verifier_headers = (
             {"Authorization": f"Bearer {tokens.verifier_token}"} if tokens.verifier_token else {}
         )
         self.io = BackgroundLoop()
         self._closed = False
-        self.channel: grpc.aio.Channel | None = None
-        self.stub: gateway_pb2_grpc.TeacherGatewayStub | None = None
+        self.client: AsyncGatewayClient | None = None
         self.verifier: AsyncVerifierClient | None = None
         self.teacher_info: gateway_pb2.TeacherInfo | None = None
-        self.io.run(self._open(tokens.verifier_token))
+        self.io.run(self._open(tokens.gateway_token, tokens.verifier_token))
 
-    async def _open(self, verifier_token: str | None) -> None:
+    async def _open(self, gateway_token: str | None, verifier_token: str | None) -> None:
+        # Both clients on the run's retry policy (the verifier's retries are counted per step,
+        # see scores.py); the timeout bounds each call, and each wait for a stream's next reply.
         if self.gateway:
-            self.channel = grpc.aio.insecure_channel(grpc_target(self.gateway))
-            self.stub = gateway_pb2_grpc.TeacherGatewayStub(self.channel)
+            self.client = AsyncGatewayClient(
+                self.gateway, token=gateway_token, policy=self.policy, timeout_s=self.timeout_s
+            )
         if self.verifier_url:
             self.verifier = AsyncVerifierClient(
-                self.verifier_url, token=verifier_token, timeout=self.timeout_s, max_retries=0
+                self.verifier_url, token=verifier_token, timeout=self.timeout_s, policy=self.policy
             )
 
     # -- start-up checks ------------------------------------------------------------------
@@ -122,20 +118,14 @@ class Services:
 
     async def _check(self, teacher_samples: int | None, flag: str) -> str | None:
         """The first problem found, as a message (a SystemExit must not escape the loop)."""
-        if self.stub is not None:
+        if self.client is not None:
             try:
-                listing = await self.stub.ListTeachers(
-                    gateway_pb2.ListTeachersRequest(),
-                    metadata=self.metadata,
-                    timeout=STARTUP_TIMEOUT_S,
-                    wait_for_ready=False,
-                )
+                names = await self.client.teachers(timeout_s=STARTUP_TIMEOUT_S)
             except grpc.aio.AioRpcError as err:
                 return (
                     f"cannot reach the teacher gateway at {self.gateway} (--gateway):"
                     f" {err.code().name}: {err.details()}"
                 )
-            names = {t.name: t for t in listing.teachers}
             if self.teacher not in names:
                 return (
                     f"the gateway at {self.gateway} has no teacher {self.teacher!r} (--teacher);"
@@ -189,15 +179,12 @@ class Services:
         ``prior_means``: each fork's π̄ per draft, sent with prior ``likelihood``;
         ``teacher_rows``: also score the continuations against each other
         (:func:`.scores.score_as_replies_arrive`)."""
-        assert self.stub is not None and self.verifier is not None
+        assert self.client is not None and self.verifier is not None
         replies = stream_teacher(
-            self.stub,
+            self.client,
             requests,
             teacher=self.teacher or "",
             temperature=temperature,
-            metadata=self.metadata,
-            idle_timeout_s=self.timeout_s,
-            policy=self.policy,
             counters=counters,
         )
         return self.io.submit(
@@ -227,17 +214,14 @@ class Services:
             TeacherRequest(fork=i, prompt=p, partial_answer="", n=n, max_tokens=max_tokens)
             for i, p in enumerate(prompts)
         ]
-        assert self.stub is not None
+        assert self.client is not None
         out = [
             r
             async for r in stream_teacher(
-                self.stub,
+                self.client,
                 requests,
                 teacher=self.teacher or "",
                 temperature=temperature,
-                metadata=self.metadata,
-                idle_timeout_s=self.timeout_s,
-                policy=self.policy,
                 counters=counters,
             )
         ]
@@ -252,8 +236,8 @@ class Services:
         async def _close() -> None:
             if self.verifier is not None:
                 await self.verifier.aclose()
-            if self.channel is not None:
-                await self.channel.close()
+            if self.client is not None:
+                await self.client.close()
 
         self.io.run(_close())
         self.io.close()

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 from transformers.utils import logging as transformers_logging
 
+from omniopd.retry import RetryPolicy
 from omniopd.trainer import distributed as dist_utils
 from omniopd.trainer import fsdp
 from omniopd.trainer.baselines import (
@@ -52,7 +53,6 @@ from omniopd.trainer.models import (
     load_tokenizer,
     resolve_device,
 )
-from omniopd.trainer.retry import RetryPolicy
 from omniopd.trainer.services import Services
 from omniopd.trainer.teacher import CharsPerToken
 from omniopd.trainer.update import make_scheduler

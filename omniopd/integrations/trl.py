@@ -36,20 +36,17 @@ import json
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import httpx
 
-from omniopd.gateway.errors import retry_delay, status_from_call
+from omniopd.gateway.client import GatewayClient, sample_request
 from omniopd.log import register_secret
-from omniopd.proto.v1 import gateway_pb2, gateway_pb2_grpc
-from omniopd.trainer.retry import RetryPolicy
-from omniopd.trainer.teacher import RETRYABLE
+from omniopd.proto.v1 import gateway_pb2
+from omniopd.retry import RetryPolicy
 from omniopd.verifier.client import VerifierClient, VerifierHTTPError
 from omniopd.verifier.rewards import completion_text, score_by_group
 
@@ -162,16 +159,14 @@ class OmniOPDReward:
 
         token = gateway_token or os.environ.get("OMNIOPD_GATEWAY_TOKEN") or None
         register_secret(token)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.insecure_channel(gateway.removeprefix("grpc://"))
-        self._stub = gateway_pb2_grpc.TeacherGatewayStub(self._channel)
+        self.gateway = GatewayClient(gateway, token=token, policy=self.policy, timeout_s=timeout_s)
         if isinstance(verifier, VerifierClient):
             self.verifier, self._owns_verifier = verifier, False
         else:
             vtoken = verifier_token or os.environ.get("OMNIOPD_VERIFIER_TOKEN") or None
             register_secret(vtoken)
             self.verifier = VerifierClient(
-                verifier, token=vtoken, timeout=timeout_s, max_retries=max_retries
+                verifier, token=vtoken, timeout=timeout_s, policy=self.policy
             )
             self._owns_verifier = True
         self._cache: OrderedDict[str, list[str]] = OrderedDict()
@@ -259,67 +254,44 @@ class OmniOPDReward:
                     self._cache.popitem(last=False)
         return found
 
-    def _request(self, request_id: str, prompt: Prompt) -> gateway_pb2.SampleRequest:
-        request = gateway_pb2.SampleRequest(
-            request_id=request_id,
-            teacher=self.teacher,
-            messages=prompt_messages(prompt),
-            partial_answer="",
-            n=self.teacher_samples,
-            temperature=self.temperature,
-        )
-        if self.max_tokens is not None:
-            request.max_tokens = self.max_tokens
-        return request
-
     def _fetch(self, prompts: Mapping[str, Prompt]) -> dict[str, list[str]]:
-        """Every prompt's request in flight at once on one channel; transient failures
-        (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED) are sent again after the
-        gateway's ``RetryInfo`` delay or a jittered backoff, up to ``max_retries`` times."""
+        """Every prompt's request in flight at once on the gateway client, which retries
+        what is transient (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED) after
+        the gateway's ``RetryInfo`` delay or a jittered backoff, up to ``max_retries`` times."""
         self.stats.teacher_requests += len(prompts)
-        pending = dict(prompts)
+
+        def retried(reason: str, pause_s: float) -> None:
+            self.stats.teacher_retries += 1
+
+        requests = {
+            key: sample_request(
+                self.teacher,
+                prompt_messages(prompt),
+                n=self.teacher_samples,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+                request_id=str(i),
+            )
+            for i, (key, prompt) in enumerate(prompts.items())
+        }
         out: dict[str, list[str]] = {}
-        for attempt in range(self.policy.max_retries + 1):
-            calls = {
-                key: self._stub.SampleChunks.future(
-                    self._request(str(i), prompt), timeout=self.timeout_s, metadata=self._metadata
-                )
-                for i, (key, prompt) in enumerate(pending.items())
-            }
-            again: dict[str, Prompt] = {}
-            wait_s = 0.0
-            for key, call in calls.items():
-                try:
-                    reply = call.result()
-                except grpc.RpcError as err:
-                    code = err.code()  # type: ignore[attr-defined]
-                    if code in RETRYABLE and attempt < self.policy.max_retries:
-                        status = status_from_call(err)
-                        hint = retry_delay(status) if status is not None else None
-                        wait_s = max(wait_s, self.policy.delay(attempt, hint))
-                        again[key] = pending[key]
-                        continue
-                    self.stats.teacher_failures += 1
-                    log.warning(
-                        "teacher %r: no answers for a prompt (%s: %s); its completions are left "
-                        "unscored",
-                        self.teacher,
-                        code.name,
-                        err.details(),  # type: ignore[attr-defined]
-                    )
-                else:
-                    out[key] = [chunk.text for chunk in reply.chunks]
-            if not again:
-                break
-            self.stats.teacher_retries += len(again)
-            time.sleep(wait_s)
-            pending = again
+        for key, reply in self.gateway.sample(requests, on_retry=retried).items():
+            if isinstance(reply, gateway_pb2.SampleReply):
+                out[key] = [chunk.text for chunk in reply.chunks]
+                continue
+            self.stats.teacher_failures += 1
+            log.warning(
+                "teacher %r: no answers for a prompt (%s: %s); its completions are left unscored",
+                self.teacher,
+                reply.code().name,  # type: ignore[attr-defined]
+                reply.details(),  # type: ignore[attr-defined]
+            )
         return out
 
     # -- lifetime ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._channel.close()
+        self.gateway.close()
         if self._owns_verifier:
             self.verifier.close()
 

@@ -18,15 +18,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from omniopd.gateway.config import TeacherConfig
-from omniopd.gateway.outage import Outage
 from omniopd.gateway.providers.base import Chunk, SampleParams, SampleResult
-from omniopd.redis_retry import reconnect_once
+from omniopd.shared_redis import Outage, connect
+
+GATEWAY_LOG = logging.getLogger("omniopd.gateway")  # where Redis outages are told
 
 T = TypeVar("T")
 
@@ -163,17 +165,10 @@ class RedisCache:
         timeout_s: float = 0.5,
         on_error: Callable[[], None] = lambda: None,
     ) -> None:
-        import redis.asyncio as aioredis
-
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=reconnect_once(),
-        )
+        self._redis = connect(url, timeout_s)
         self._prefix = f"{prefix}cache:"
         self._ttl_ms = int(ttl_s * 1000)
-        self._outage = Outage("the shared cache", "serving without it", on_error)
+        self._outage = Outage("the shared cache", "serving without it", on_error, GATEWAY_LOG)
 
     async def _do(self, op: Callable[[], Awaitable[Any]], default: Any) -> Any:
         import redis

@@ -4,7 +4,7 @@ Every failure a client can see is a :class:`GatewayError`: a gRPC status code, a
 names the field or teacher and the limit, and, where waiting helps, ``retry_after``. On the wire
 it becomes a ``google.rpc.Status`` carrying a ``google.rpc.RetryInfo`` (the convention of
 Google's AIP-193), as call trailers for ``SampleChunks`` and as the reply's ``error`` in a
-stream.
+stream. Reading them back is the client's part (``omniopd.gateway.client``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from omniopd.gateway.client import STATUS_DETAILS_KEY
 from omniopd.gateway.providers.base import ErrorKind, ProviderError
-
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 @dataclass(eq=False)
@@ -47,25 +46,6 @@ def _retry_info(seconds: float) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return packed
-
-
-def retry_delay(status: status_pb2.Status) -> float | None:
-    """The ``RetryInfo`` delay in a ``google.rpc.Status``, in seconds (for clients and tests)."""
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-    return None
-
-
-def status_from_call(error: grpc.RpcError) -> status_pb2.Status | None:
-    """The rich status a failed call carried in its trailers, if any (client side helper)."""
-    metadata = error.trailing_metadata() or ()  # type: ignore[attr-defined]
-    for key, value in metadata:
-        if key == STATUS_DETAILS_KEY:
-            return status_pb2.Status.FromString(value)
-    return None
 
 
 # A backend failure that survived the retries, as the client sees it.
@@ -104,7 +84,3 @@ def from_provider_error(teacher: str, err: ProviderError, attempts: int) -> Gate
 def code_name(code: grpc.StatusCode) -> str:
     """``OK``, ``INVALID_ARGUMENT``, ... (the metrics label)."""
     return code.name
-
-
-# grpc.StatusCode by its google.rpc.Code number, for turning a stream reply's error back.
-CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}

@@ -19,6 +19,7 @@ If Redis goes away, limits fall back to this process's memory (logged once) rath
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -35,8 +36,9 @@ from limits.errors import StorageError
 
 from omniopd.gateway.config import Limits, TeacherConfig
 from omniopd.gateway.errors import GatewayError
-from omniopd.gateway.outage import Outage
-from omniopd.redis_retry import reconnect_once
+from omniopd.shared_redis import Outage, connect, reconnect_once
+
+GATEWAY_LOG = logging.getLogger("omniopd.gateway")  # where Redis outages are told
 
 NAMESPACE = "omniopd"
 MIN_POLL_S = 0.005
@@ -88,7 +90,7 @@ class RateStore:
                 retry=reconnect_once(),
             )
             self._shared = SlidingWindowCounterRateLimiter(storage)
-        self._outage = Outage("rate limits", "limiting in this process only")
+        self._outage = Outage("rate limits", "limiting in this process only", log=GATEWAY_LOG)
 
     @property
     def shared(self) -> bool:
@@ -160,18 +162,14 @@ class RedisSlots:
     """Concurrency slots shared by replicas: leases in a Redis sorted set."""
 
     def __init__(self, url: str, key: str, capacity: int, lease_s: float) -> None:
-        import redis.asyncio as aioredis
-
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=reconnect_once()
-        )
+        self._redis = connect(url, 0.5)
         self._key = key
         self._capacity = capacity
         self._lease_ms = int(lease_s * 1000)
         self._acquire = self._redis.register_script(_ACQUIRE_LUA)
         self._fallback = MemorySlots(capacity)
         self._local: set[str] = set()  # tokens handed out by the fallback
-        self._outage = Outage("concurrency slots", "limiting in this process only")
+        self._outage = Outage("concurrency slots", "limiting in this process only", log=GATEWAY_LOG)
 
     async def _try(self, token: str) -> bool:
         now_ms = int(time.time() * 1000)

@@ -4,8 +4,9 @@ Only :attr:`ProviderError.retryable` failures (429, 5xx, timeouts, dropped conne
 tried again. The pause before attempt ``k`` (``k`` = 1, 2, ...) is the backend's ``retry-after``
 when it sent one, plus up to 10% so replicas do not return in lockstep; otherwise it is drawn
 uniformly from ``[0, min(cap, base * 2**(k-1))]`` ("full jitter", from the AWS Architecture
-Blog's *Exponential Backoff and Jitter*). Nothing waits past the request's deadline: when the
-next pause would end after it, the last failure is returned at once.
+Blog's *Exponential Backoff and Jitter*; the formula of every client, ``omniopd/retry.py``).
+Nothing waits past the request's deadline: when the next pause would end after it, the last
+failure is returned at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from omniopd.gateway.providers.base import ErrorKind, ProviderError
+from omniopd.retry import jittered
 
 T = TypeVar("T")
 
@@ -36,7 +38,7 @@ def pause_before(attempt: int, err: ProviderError, backoff: Backoff, rng: random
     """Seconds to wait before retry number ``attempt`` (1 for the first retry)."""
     if err.retry_after is not None and err.retry_after >= 0:
         return err.retry_after * (1.0 + rng.uniform(0.0, backoff.retry_after_jitter))
-    return rng.uniform(0.0, min(backoff.cap_s, backoff.base_s * 2.0 ** (attempt - 1)))
+    return jittered(attempt - 1, backoff.base_s, backoff.cap_s, rng)
 
 
 class RetriesExhausted(Exception):

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 
-from omniopd.redis_retry import reconnect_once
+from omniopd.shared_redis import Outage, connect
 
 log = logging.getLogger(__name__)
 
-REDIS_RETRY_AFTER_S = 5.0
 REDIS_TIMEOUT_S = 0.5
 
 
@@ -96,63 +94,32 @@ class RedisCache:
         ttl_s: int = 0,
         on_error: Callable[[], None] | None = None,
     ) -> None:
-        import redis.asyncio as redis_asyncio
-
-        self._client = redis_asyncio.Redis.from_url(
-            url,
-            socket_timeout=REDIS_TIMEOUT_S,
-            socket_connect_timeout=REDIS_TIMEOUT_S,
-            retry=reconnect_once(),  # stale pooled connections after a restart (see there)
-        )
+        self._client = connect(url, REDIS_TIMEOUT_S)
         self.prefix = prefix
         self.ttl_s = ttl_s
-        self._on_error = on_error
-        self._down_until = 0.0
-        self._failing = False
+        self._outage = Outage("the embedding cache", "going on without it", on_error, log)
 
     def _key(self, model: str, text: str) -> str:
         return f"{self.prefix}{cache_key(model, text)}"
 
-    def _available(self) -> bool:
-        return time.monotonic() >= self._down_until
-
-    def _failed(self, err: Exception) -> None:
-        if self._on_error is not None:
-            self._on_error()
-        self._down_until = time.monotonic() + REDIS_RETRY_AFTER_S
-        if not self._failing:
-            self._failing = True
-            log.warning(
-                "embedding cache: Redis failed (%s: %s); going on without the cache and "
-                "trying again in %.0f s",
-                type(err).__name__,
-                err,
-                REDIS_RETRY_AFTER_S,
-            )
-
-    def _succeeded(self) -> None:
-        if self._failing:
-            self._failing = False
-            log.info("embedding cache: Redis is back")
-
     async def get_many(self, model: str, texts: Sequence[str]) -> list[np.ndarray | None]:
-        if not texts or not self._available():
+        if not texts or not self._outage.available():
             return [None] * len(texts)
         import redis
 
         try:
             raw = await self._client.mget([self._key(model, t) for t in texts])
         except (redis.RedisError, OSError, TimeoutError) as err:
-            self._failed(err)
+            self._outage.failed(err)
             return [None] * len(texts)
-        self._succeeded()
+        self._outage.succeeded()
         return [
             None if value is None or len(value) % 4 else np.frombuffer(value, dtype=np.float32)
             for value in raw
         ]
 
     async def put_many(self, model: str, texts: Sequence[str], vectors_ND: np.ndarray) -> None:
-        if not texts or not self._available():
+        if not texts or not self._outage.available():
             return
         import redis
 
@@ -163,9 +130,9 @@ class RedisCache:
         try:
             await pipe.execute()
         except (redis.RedisError, OSError, TimeoutError) as err:
-            self._failed(err)
+            self._outage.failed(err)
             return
-        self._succeeded()
+        self._outage.succeeded()
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -8,23 +8,31 @@ Needs only httpx and pydantic: importing this module loads neither torch nor Fas
         out = verifier.score([{"drafts": ["x = 4", "x = 5"], "teacher": ["x is 4", "4"]}])
         out.groups[0].advantage        # one value per draft
 
-Requests answered 429 or 503 (queue full, model loading) are retried, waiting what the server's
-``Retry-After`` asks (else exponential backoff with jitter), at most ``max_retries`` times; so is
-a refused connection. Any other non-2xx answer raises :class:`VerifierHTTPError` at once.
+Requests answered 429, 500, 502, 503 or 504 (queue full, model loading, a proxy between) are
+retried, waiting what the server's ``Retry-After`` asks (else exponential backoff with jitter),
+at most ``max_retries`` times; so is a connection that failed or dropped. That is the project's
+one retry policy (``omniopd/retry.py``); ``policy=`` sets it whole, ``on_retry=`` sees each
+retry, and :meth:`AsyncVerifierClient.with_options` gives a client with other settings on the
+same connections. Any other non-2xx answer raises :class:`VerifierHTTPError` at once.
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
+import copy
 from collections.abc import Mapping, Sequence
-from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from pydantic import ValidationError
 
+from omniopd.retry import (
+    RETRYABLE_HTTP_STATUSES,
+    OnRetry,
+    RetryPolicy,
+    async_retrying,
+    retry_after_s,
+    retrying,
+)
 from omniopd.verifier.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
@@ -41,9 +49,8 @@ from omniopd.verifier.protocol import (
 
 __all__ = ["AsyncVerifierClient", "Group", "ScoreResponse", "VerifierClient", "VerifierHTTPError"]
 
-RETRY_STATUSES = frozenset({429, 503})
 DEFAULT_TIMEOUT_S = 120.0
-MAX_RETRY_WAIT_S = 30.0
+DEFAULT_POLICY = RetryPolicy(max_retries=3, backoff_s=0.5)
 
 GroupLike = Group | Mapping[str, Any]
 
@@ -51,13 +58,20 @@ GroupLike = Group | Mapping[str, Any]
 class VerifierHTTPError(Exception):
     """A non-2xx answer; ``error`` is the server's envelope when it sent one."""
 
-    def __init__(self, status: int, error: ErrorDetail | None, body: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        error: ErrorDetail | None,
+        body: str,
+        retry_after_s: float | None = None,
+    ) -> None:
         detail = f"{error.message} (param {error.param})" if error and error.param else None
         super().__init__(
             f"verifier answered {status}: {detail or (error and error.message) or body[:500]}"
         )
         self.status = status
         self.error = error
+        self.retry_after_s = retry_after_s  # the answer's Retry-After, in seconds
 
 
 def score_payload(
@@ -90,22 +104,6 @@ def embed_payload(texts: Sequence[str] | str) -> dict[str, Any]:
     return body.model_dump(mode="json", exclude_none=True)
 
 
-def retry_delay(response: httpx.Response | None, attempt: int, backoff_s: float) -> float:
-    """Seconds to wait before retry ``attempt`` (0-based): ``Retry-After`` when given (seconds
-    or an HTTP date), else ``backoff_s * 2**attempt`` with full jitter; at most 30 s."""
-    header = response.headers.get("retry-after") if response is not None else None
-    if header:
-        try:
-            return min(MAX_RETRY_WAIT_S, max(0.0, float(header)))
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(header).timestamp()
-                return min(MAX_RETRY_WAIT_S, max(0.0, when - time.time()))
-            except (TypeError, ValueError):
-                pass
-    return min(MAX_RETRY_WAIT_S, random.uniform(0, backoff_s * 2**attempt))
-
-
 def raise_for_error(response: httpx.Response) -> None:
     if response.is_success:
         return
@@ -113,43 +111,87 @@ def raise_for_error(response: httpx.Response) -> None:
         error = ErrorResponse.model_validate_json(response.content).error
     except ValidationError:
         error = None
-    raise VerifierHTTPError(response.status_code, error, response.text)
+    raise VerifierHTTPError(
+        response.status_code,
+        error,
+        response.text,
+        retry_after_s(response.headers.get("retry-after")),
+    )
+
+
+def retryable(err: BaseException) -> bool:
+    """A connection that failed or dropped, or an answer that means "later"."""
+    if isinstance(err, VerifierHTTPError):
+        return err.status in RETRYABLE_HTTP_STATUSES
+    return isinstance(err, httpx.TransportError)
+
+
+def _hint(err: BaseException) -> float | None:
+    return err.retry_after_s if isinstance(err, VerifierHTTPError) else None
+
+
+def _policy(policy: RetryPolicy | None, max_retries: int | None, backoff_s: float | None):
+    policy = policy or DEFAULT_POLICY
+    if max_retries is not None:
+        policy = RetryPolicy(max_retries, policy.backoff_s, policy.max_delay_s)
+    if backoff_s is not None:
+        policy = RetryPolicy(policy.max_retries, backoff_s, policy.max_delay_s)
+    return policy
+
+
+class _Options:
+    """What both clients share: the retry policy and the hook, replaceable per use."""
+
+    policy: RetryPolicy
+    on_retry: OnRetry | None
+
+    def with_options(
+        self, *, policy: RetryPolicy | None = None, on_retry: OnRetry | None = None
+    ) -> Self:
+        """A client on the same connections with another retry policy or hook."""
+        other = copy.copy(self)
+        other.policy = policy or self.policy
+        other.on_retry = on_retry if on_retry is not None else self.on_retry
+        return other
+
+    @property
+    def max_retries(self) -> int:
+        return self.policy.max_retries
 
 
 def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-class VerifierClient:
-    """Blocking client; one connection pool, safe to share between threads."""
+class VerifierClient(_Options):
+    """Blocking client; one connection pool, safe to share between threads.
+
+    ``max_retries`` and ``backoff_s`` override those of ``policy`` (default: 3 retries,
+    0.5 s backoff)."""
 
     def __init__(
         self,
         base_url: str,
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
-        max_retries: int = 3,
-        backoff_s: float = 0.5,
+        max_retries: int | None = None,
+        backoff_s: float | None = None,
+        *,
+        policy: RetryPolicy | None = None,
+        on_retry: OnRetry | None = None,
     ) -> None:
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
+        self.policy = _policy(policy, max_retries, backoff_s)
+        self.on_retry = on_retry
         self._http = httpx.Client(base_url=base_url, headers=_headers(token), timeout=timeout)
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        for attempt in range(self.max_retries + 1):
-            response = None
-            try:
+        for attempt in retrying(
+            self.policy, retryable=retryable, hint=_hint, on_retry=self.on_retry
+        ):
+            with attempt:
                 response = self._http.post(path, json=body)
-            except httpx.ConnectError:
-                if attempt == self.max_retries:
-                    raise
-            if response is not None and (
-                response.status_code not in RETRY_STATUSES or attempt == self.max_retries
-            ):
                 raise_for_error(response)
-                return response
-            time.sleep(retry_delay(response, attempt, self.backoff_s))
-        raise AssertionError("unreachable")
+        return response
 
     def score(
         self,
@@ -197,7 +239,7 @@ class VerifierClient:
         self.close()
 
 
-class AsyncVerifierClient:
+class AsyncVerifierClient(_Options):
     """asyncio client; many ``score`` calls may be in flight at once on one instance."""
 
     def __init__(
@@ -205,32 +247,28 @@ class AsyncVerifierClient:
         base_url: str,
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
-        max_retries: int = 3,
-        backoff_s: float = 0.5,
+        max_retries: int | None = None,
+        backoff_s: float | None = None,
         max_connections: int = 100,
+        *,
+        policy: RetryPolicy | None = None,
+        on_retry: OnRetry | None = None,
     ) -> None:
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
+        self.policy = _policy(policy, max_retries, backoff_s)
+        self.on_retry = on_retry
         limits = httpx.Limits(max_connections=max_connections)
         self._http = httpx.AsyncClient(
             base_url=base_url, headers=_headers(token), timeout=timeout, limits=limits
         )
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        for attempt in range(self.max_retries + 1):
-            response = None
-            try:
+        async for attempt in async_retrying(
+            self.policy, retryable=retryable, hint=_hint, on_retry=self.on_retry
+        ):
+            with attempt:
                 response = await self._http.post(path, json=body)
-            except httpx.ConnectError:
-                if attempt == self.max_retries:
-                    raise
-            if response is not None and (
-                response.status_code not in RETRY_STATUSES or attempt == self.max_retries
-            ):
                 raise_for_error(response)
-                return response
-            await asyncio.sleep(retry_delay(response, attempt, self.backoff_s))
-        raise AssertionError("unreachable")
+        return response
 
     async def score(
         self,

@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
+from omniopd.gateway.client import retry_info_s, status_from_call
 from omniopd.gateway.config import parse_config
-from omniopd.gateway.errors import retry_delay, status_from_call
 from omniopd.gateway.server import GatewayServer, create_server
 from omniopd.proto.v1 import gateway_pb2 as pb
 from omniopd.proto.v1 import gateway_pb2_grpc as pb_grpc
@@ -144,7 +144,7 @@ async def call_error(call: Any) -> grpc.aio.AioRpcError:
 
 def retry_after_of(err: grpc.aio.AioRpcError) -> float | None:
     status = status_from_call(err)
-    return None if status is None else retry_delay(status)
+    return None if status is None else retry_info_s(status)
 
 
 async def gather_replies(stub: pb_grpc.TeacherGatewayStub, requests: list[pb.SampleRequest]):

@@ -9,8 +9,8 @@ import re
 import httpx
 import pytest
 
+from omniopd.answers import check_answer
 from omniopd.integrations.trl import OmniOPDReward
-from omniopd.toy.task import check_answer
 from omniopd.verifier.client import VerifierClient
 
 PROMPTS = ["Q: 37+48*2=?", "Q: 12+31*4=?"]

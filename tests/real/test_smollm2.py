@@ -272,7 +272,7 @@ def test_baselines_two_steps(stack, smollm2, problems, tmp_path, method):
 
 
 def test_word_problems_are_checkable(tmp_path):
-    from omniopd.toy.task import check_answer, read_jsonl
+    from omniopd.answers import check_answer, read_jsonl
 
     rows = list(read_jsonl(write_word_problems(tmp_path / "p.jsonl", 50, seed=3)))
     assert len({r["prompt"] for r in rows}) == 50

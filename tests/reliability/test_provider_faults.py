@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from omniopd.gateway.errors import CODE_BY_NUMBER, retry_delay
+from omniopd.gateway.client import CODE_BY_NUMBER, retry_info_s
 from omniopd.gateway.retry import Backoff
 from omniopd.proto.v1 import gateway_pb2 as pb
 from tests.gateway.gwtools import anthropic_teacher, retry_after_of, serving, toy_teacher_dir
@@ -185,7 +185,7 @@ class Book:
 def stream_outcome(reply: pb.SampleReply) -> Outcome:
     if reply.HasField("error"):
         code = CODE_BY_NUMBER.get(reply.error.code, grpc.StatusCode.UNKNOWN)
-        return Outcome(False, code, reply.error.message, retry_delay(reply.error))
+        return Outcome(False, code, reply.error.message, retry_info_s(reply.error))
     return Outcome(bool(reply.chunks) and bool(reply.chunks[0].text))
 
 

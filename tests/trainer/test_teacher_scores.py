@@ -6,8 +6,10 @@ import asyncio
 
 import grpc
 
+from omniopd.gateway.client import AsyncGatewayClient
 from omniopd.proto.v1 import gateway_pb2_grpc
-from omniopd.trainer.retry import Counters, RetryPolicy
+from omniopd.retry import RetryPolicy
+from omniopd.trainer.retry import Counters
 from omniopd.trainer.scores import ScoreSettings, score_as_replies_arrive
 from omniopd.trainer.teacher import (
     CharsPerToken,
@@ -16,7 +18,6 @@ from omniopd.trainer.teacher import (
     request_seed,
     stream_teacher,
     teacher_max_tokens,
-    to_proto,
 )
 from omniopd.verifier.client import AsyncVerifierClient
 
@@ -48,19 +49,11 @@ def requests(n: int, m: int = 3) -> list[TeacherRequest]:
 
 
 async def collect(gateway: str, teacher: str, reqs, counters: Counters):
-    async with grpc.aio.insecure_channel(gateway) as channel:
-        stub = gateway_pb2_grpc.TeacherGatewayStub(channel)
+    async with AsyncGatewayClient(gateway, policy=FAST, timeout_s=60) as client:
         return [
             r
             async for r in stream_teacher(
-                stub,
-                reqs,
-                teacher=teacher,
-                temperature=1.0,
-                metadata=(),
-                idle_timeout_s=60,
-                policy=FAST,
-                counters=counters,
+                client, reqs, teacher=teacher, temperature=1.0, counters=counters
             )
         ]
 
@@ -81,6 +74,7 @@ def test_failed_requests_are_retried_then_reported_not_emptied(gateway):
     assert all(not r.ok and r.chunks == [] for r in replies), replies
     assert all(r.error.startswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")) for r in replies)
     assert counters.teacher_retries == 2 * FAST.max_retries
+    assert counters.teacher_errors == [r.error for r in replies]
 
 
 def test_unreachable_gateway_mid_run_fails_every_fork_after_retries():
@@ -97,9 +91,9 @@ def test_request_seed_depends_on_run_seed_step_fork_and_rank_only():
     others.add(request_seed(7, 3, 1, rank=1))
     assert len(others) == 4 and seed not in others
     req = requests(1)[0]
-    assert not to_proto(req, teacher="toy", temperature=1.0).HasField("seed")
+    assert not req.to_proto(teacher="toy", temperature=1.0).HasField("seed")
     seeded = TeacherRequest(**{**vars(req), "seed": seed})
-    assert to_proto(seeded, teacher="toy", temperature=1.0).seed == seed
+    assert seeded.to_proto(teacher="toy", temperature=1.0).seed == seed
 
 
 def test_a_seeded_request_gets_the_same_samples_fresh_as_cached(gateway):
@@ -111,7 +105,7 @@ def test_a_seeded_request_gets_the_same_samples_fresh_as_cached(gateway):
         req = TeacherRequest(
             fork=0, prompt="Q: 12+3*4=?", partial_answer="3*4=", n=3, max_tokens=8, seed=seed
         )
-        proto = to_proto(req, teacher="toy", temperature=1.0)
+        proto = req.to_proto(teacher="toy", temperature=1.0)
         proto.cache = cache
         with grpc.insecure_channel(gateway) as channel:
             reply = gateway_pb2_grpc.TeacherGatewayStub(channel).SampleChunks(proto, timeout=60)

@@ -68,7 +68,9 @@ async def test_redis_down_is_a_miss_logged_once_and_counted(caplog):
         assert await cache.get_many("m", ["a", "b"]) == [None, None]
         await cache.put_many("m", ["a", "b"], VECTORS)
         assert await cache.get_many("m", ["a"]) == [None]
-    warnings = [r for r in caplog.records if "Redis failed" in r.getMessage()]
+    warnings = [
+        r for r in caplog.records if "Redis unreachable for the embedding" in r.getMessage()
+    ]
     assert len(warnings) == 1
     # After the first failure Redis is left alone for a while: one error, no timeouts paid.
     assert errors == [1]

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from email.utils import formatdate
 
 import httpx
 import numpy as np
@@ -21,7 +20,6 @@ from omniopd.verifier.client import (
     ScoreResponse,
     VerifierClient,
     VerifierHTTPError,
-    retry_delay,
 )
 from omniopd.verifier.embedder import Embedder
 
@@ -117,17 +115,3 @@ async def test_async_client_scores_and_embeds(verifier, st_model):
         vectors = await client.embed("async single")
     assert out.reward == "logratio" and len(out.groups[0].reward) == 2
     np.testing.assert_allclose(vectors, st_model.encode(["async single"]), atol=1e-5)
-
-
-def test_retry_delay_reads_seconds_dates_or_backs_off():
-    def answer(value: str | None) -> httpx.Response:
-        headers = {"Retry-After": value} if value is not None else {}
-        return httpx.Response(429, headers=headers)
-
-    assert retry_delay(answer("3"), 0, 0.5) == 3.0
-    assert retry_delay(answer("3600"), 0, 0.5) == 30.0  # capped
-    in_two_s = formatdate(time.time() + 2, usegmt=True)
-    assert 0.5 < retry_delay(answer(in_two_s), 0, 0.5) <= 2.0
-    for attempt in range(4):
-        assert 0 <= retry_delay(answer(None), attempt, 0.5) <= 0.5 * 2**attempt
-    assert 0 <= retry_delay(None, 1, 0.5) <= 1.0

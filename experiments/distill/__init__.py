@@ -1,0 +1,1 @@
+"""The toy-world experiment behind ``experiments/toy_distill.py``, by concern."""
