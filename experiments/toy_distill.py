@@ -1,40 +1,46 @@
-"""The headline experiment (issue 7): OmniOPD against SFT, GRPO and white-box OPD on the toy world.
+"""The headline experiment: OmniOPD against SFT, GRPO and white-box OPD on a toy world.
 
-One command runs every arm of the comparison and its ablations on the same student, the same
-data and the same number of student updates, with the same learning-rate sweep for every arm,
-and writes the results page, a JSON summary and plots::
+One command runs every arm of the comparison on one world (``--world arith`` or ``chain``,
+docs/toy.md) with the same student, the same data and the same number of student updates, the
+same learning-rate sweep for every arm, and writes that world's section of the results page,
+its entry of the JSON summary and its plots::
 
-    .venv/bin/python experiments/toy_distill.py                  # the whole experiment
-    .venv/bin/python experiments/toy_distill.py --estimate       # time a few steps per arm first
+    .venv/bin/python experiments/toy_distill.py --world chain              # the experiment
+    .venv/bin/python experiments/toy_distill.py --world chain --estimate   # time it first
 
-By default: 14 arms, 100 updates of 16 prompts per run, learning rates 1e-4, 3e-4 and 1e-3
-swept on val, seeds 0, 1 and 2 (65 training runs): about 65 minutes on a 2-core CPU with
-nothing else running, far longer on a shared one; ``--estimate`` says which, before you start.
+By default: the arms of ``DEFAULT_ARMS`` (baselines, both objectives, the published
+objective's agreements and its two extensions, teacher-char, random audits, and SFT given as
+many teacher tokens as the named arm), 100 updates of 16 prompts per run, learning rates 3e-5,
+1e-4 and 3e-4 with a linear decay, swept on val, seeds 0, 1 and 2; ``--estimate`` says how long
+that takes here, before you start.
 
-What it does, in order:
+What it does, in order (the code, by concern, is in ``experiments/distill/``):
 
-1. the toy world (``omniopd.toy.ensure_toy_world``; ``--world`` for another folder);
+1. the toy world (built and cached on first use; ``--world`` also takes a folder);
 2. ``omniopd-stack`` (the gateway serving the toy teacher as ``toy`` and teacher-char as
-   ``toy-char``, both ``hf`` backends, and the verifier), started the first time a run needs it;
-3. the initial student and both teachers evaluated on the held-out eval split;
+   ``toy-char``, both ``hf`` backends, and the verifier), started the first time a run needs it
+   (``places.py``);
+3. the initial student and both teachers evaluated on the held-out eval split (``plan.py``);
 4. per arm, the learning-rate sweep: one run per learning rate (first seed), each final model
    evaluated on the **val** split; the learning rate with the best val accuracy is the arm's;
-5. per arm, the other seeds at that learning rate;
-6. ``--docs``/results.md and ``--docs``/results/summary.json (rewritten after each arm that
-   trained), and PNG plots in ``--docs``/results/ at the end.
+   then the other seeds at that rate (``plan.py``, ``runs.py``);
+5. ``--docs``/results.md (one section per world) and ``--docs``/results/summary.json
+   (``worlds.<world>``), rewritten after each arm that trained, and the world's PNG plots in
+   ``--docs``/results/<world>/ at the end (``summary.py``, ``page.py``, ``plots.py``,
+   ``report.py``).
 
 Every training run is ``omniopd-train`` (the same argument parsing and ``train()``, called in
 this process to save the start-up of a fresh interpreter per run), into
-``--runs-dir/<arm>/lr<lr>-seed<seed>-<hash>/``, where the hash covers the run's whole command:
-change the budget or a flag and the runs are new. A run's ``result.json`` is written when it
-has finished; a rerun of the same command skips finished runs and resumes an interrupted one
-from its last checkpoint (``--resume``). Ctrl-C stops after the step in flight; run the same
-command again to continue.
+``--runs-dir/<world>/<arm>/lr<lr>-seed<seed>-<hash>/``, where the hash covers the run's whole
+command: change the budget or a flag and the runs are new. A run's ``result.json`` is written
+when it has finished; a rerun of the same command skips finished runs and resumes an
+interrupted one from its last checkpoint (``--resume``). Ctrl-C stops after the step in
+flight; run the same command again to continue. Both worlds' experiments may run at once.
 
 The held-out accuracy reported is greedy accuracy on the eval split at the last step (the
 trainer's own evaluation, ``omniopd.evaluation``); the val split only chooses learning rates.
 Flags after ``--`` go to every training run's ``omniopd-train`` (never per arm), e.g.
-``-- --chunk-tokens 8 --beta 0.1``.
+``-- --beta 0.1``.
 """
 
 from __future__ import annotations
