@@ -30,7 +30,9 @@ from omniopd.trainer.retry import Counters
 from omniopd.trainer.rollout import Rollout, rollout
 from omniopd.trainer.update import (
     cross_entropy_backward,
+    kl_anchor,
     kl_anchor_backward,
+    later_epochs,
     optimizer_step,
     policy_gradient_backward,
 )
@@ -56,22 +58,6 @@ def check_same_tokenizer(
             f" ({len(teacher)} tokens) differ; use --method omniopd for a teacher with another"
             " tokenizer"
         )
-
-
-def kl_anchor(run: Run, batch: Batch, num_tokens: float) -> dict[str, float]:
-    cfg = run.config
-    if run.ref is None or cfg.beta <= 0:
-        return {}
-    return kl_anchor_backward(
-        run.model,
-        run.ref,
-        batch,
-        beta=cfg.beta,
-        estimator=cfg.kl_estimator,
-        temperature=cfg.temperature,
-        num_tokens=num_tokens,
-        parts=cfg.grad_accum_steps,
-    )
 
 
 def opd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
@@ -284,20 +270,17 @@ def grpo_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     )
     metrics |= pg
     grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
-    for _ in range(1, cfg.ppo_epochs):
-        kl_anchor(run, batch, max(num_tokens, 1.0))
-        later, _ = policy_gradient_backward(
-            run.model,
-            batch,
-            advantages_BG.flatten(),
-            normalizer=num_samples,
-            temperature=cfg.temperature,
-            parts=cfg.grad_accum_steps,
-            old_logprobs=old,
-            clip=cfg.clip,
-        )
-        metrics["clip_fraction"] = later.get("clip_fraction", 0.0)
-        optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
+    clip_fraction = later_epochs(
+        run,
+        batch,
+        batch,
+        advantages_BG.flatten(),
+        normalizer=num_samples,
+        old_logprobs=old,
+        num_tokens=num_tokens,
+    )
+    if clip_fraction is not None:
+        metrics["clip_fraction"] = clip_fraction
     return {
         **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),
         "loss": metrics.get("kl_loss", 0.0) + metrics["pg_loss"],

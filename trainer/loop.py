@@ -36,7 +36,12 @@ from omniopd.trainer.retry import Counters
 from omniopd.trainer.rollout import Rollout, rollout
 from omniopd.trainer.scores import ForkScores, ScoreSettings, service_metrics
 from omniopd.trainer.teacher import TeacherRequest, request_seed, teacher_max_tokens
-from omniopd.trainer.update import kl_anchor_backward, optimizer_step, policy_gradient_backward
+from omniopd.trainer.update import (
+    kl_anchor,
+    later_epochs,
+    optimizer_step,
+    policy_gradient_backward,
+)
 
 log = logging.getLogger("omniopd.trainer")
 
@@ -174,18 +179,7 @@ def omniopd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     t_update = time.perf_counter()
     responses = r.as_batch()
     (num_tokens,) = dist_utils.sum_floats([float(responses.mask_BT.sum())], run.device)
-    metrics: dict[str, float] = {}
-    if run.ref is not None and cfg.beta > 0:
-        metrics |= kl_anchor_backward(
-            run.model,
-            run.ref,
-            responses,
-            beta=cfg.beta,
-            estimator=cfg.kl_estimator,
-            temperature=cfg.temperature,
-            num_tokens=max(num_tokens, 1.0),
-            parts=cfg.grad_accum_steps,
-        )
+    metrics: dict[str, float] = dict(kl_anchor(run, responses, num_tokens))
     # Keeping the drafts' graph until the scores arrive costs one batch of activations, so it is
     # done only without accumulation (grad_accum_steps = 1); otherwise the forward waits.
     # (--fsdp: every rank forwards when any does, one without forks a placeholder.)
@@ -241,31 +235,17 @@ def omniopd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
 
     # More epochs on the same samples: PPO's clipped ratio against the first epoch's log-probs.
-    for _ in range(1, cfg.ppo_epochs):
-        if run.ref is not None and cfg.beta > 0:
-            kl_anchor_backward(
-                run.model,
-                run.ref,
-                responses,
-                beta=cfg.beta,
-                estimator=cfg.kl_estimator,
-                temperature=cfg.temperature,
-                num_tokens=max(num_tokens, 1.0),
-                parts=cfg.grad_accum_steps,
-            )
-        if old_logprobs is not None:
-            later, _ = policy_gradient_backward(
-                run.model,
-                drafts_batch,
-                advantages_GK.flatten(),
-                normalizer=forks_scored,
-                temperature=cfg.temperature,
-                parts=cfg.grad_accum_steps,
-                old_logprobs=old_logprobs,
-                clip=cfg.clip,
-            )
-            metrics["clip_fraction"] = later.get("clip_fraction", 0.0)
-        optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
+    clip_fraction = later_epochs(
+        run,
+        responses,
+        drafts_batch,
+        advantages_GK.flatten(),
+        normalizer=forks_scored,
+        old_logprobs=old_logprobs,
+        num_tokens=num_tokens,
+    )
+    if clip_fraction is not None:
+        metrics["clip_fraction"] = clip_fraction
     time_update = time.perf_counter() - t_update - time_wait
 
     fork_entropy = [float(r.entropy_BT[b, f]) for b, f in zip(d.row_F, d.position_F, strict=True)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -30,6 +30,9 @@ from omniopd.trainer.losses import (
     policy_gradient_loss,
 )
 from omniopd.trainer.models import Batch, continuation_logits, token_logprobs
+
+if TYPE_CHECKING:
+    from omniopd.trainer.context import Run
 
 
 def micro_batches(n: int, parts: int) -> list[slice]:
@@ -192,3 +195,57 @@ def make_scheduler(
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+# -- what the methods share, on a run's settings ----------------------------------------------
+
+
+def kl_anchor(run: Run, batch: Batch, num_tokens: float) -> Metrics:
+    """β·KL(π_θ ‖ π_ref) on every token of ``batch`` (forward and backward), the anchor every
+    method carries; nothing when there is no reference or β = 0."""
+    cfg = run.config
+    if run.ref is None or cfg.beta <= 0:
+        return {}
+    return kl_anchor_backward(
+        run.model,
+        run.ref,
+        batch,
+        beta=cfg.beta,
+        estimator=cfg.kl_estimator,
+        temperature=cfg.temperature,
+        num_tokens=max(num_tokens, 1.0),
+        parts=cfg.grad_accum_steps,
+    )
+
+
+def later_epochs(
+    run: Run,
+    anchored: Batch,
+    batch: Batch,
+    advantages_N: torch.Tensor,
+    *,
+    normalizer: float,
+    old_logprobs: list[torch.Tensor] | None,
+    num_tokens: float,
+) -> float | None:
+    """Epochs 2 to ``ppo_epochs`` on the same samples: the KL anchor on ``anchored`` and PPO's
+    clipped ratio on ``batch`` against the first epoch's log-probs (none: the anchor alone),
+    one optimiser step each. Returns the last epoch's clip fraction, if any epoch clipped."""
+    cfg = run.config
+    clip_fraction = None
+    for _ in range(1, cfg.ppo_epochs):
+        kl_anchor(run, anchored, num_tokens)
+        if old_logprobs is not None:
+            later, _ = policy_gradient_backward(
+                run.model,
+                batch,
+                advantages_N,
+                normalizer=normalizer,
+                temperature=cfg.temperature,
+                parts=cfg.grad_accum_steps,
+                old_logprobs=old_logprobs,
+                clip=cfg.clip,
+            )
+            clip_fraction = later.get("clip_fraction", 0.0)
+        optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
+    return clip_fraction
