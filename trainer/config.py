@@ -18,11 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from omniopd.log import add_logging_args
 
+# The scoring vocabulary is the verifier's (its wire types, re-exported by its client).
+from omniopd.verifier.client import Metric, Reward
+
 CONFIG_FILE = "config.yaml"
 
 Method = Literal["omniopd", "opd", "sft", "grpo"]
 Objective = Literal["drafts", "likelihood"]
-Metric = Literal["edit", "rouge1", "embedding", "lexical", "hybrid"]
 
 # Defaults of the fields that depend on the objective, filled in where a config leaves them out.
 # `likelihood` takes the paper's published values (M = 10, C = 50, N = 10, α = 1, β = 0.1) and
@@ -159,9 +161,7 @@ class TrainConfig(BaseModel):
         " continuation that agrees most with the others also trained on at its chunk, off-policy,"
         " shaped by p/(p+γ), γ = 0.1",
     )
-    reward: Literal["prob", "logratio"] = Field(
-        "prob", description="reward from the posterior (drafts)"
-    )
+    reward: Reward = Field("prob", description="reward from the posterior (drafts)")
     baseline: Literal["group", "batch"] = Field(
         "group",
         description="advantage centring: per fork (skips unanimous forks) or per step (drafts)",

@@ -47,7 +47,16 @@ from omniopd.verifier.protocol import (
     ScoreResponse,
 )
 
-__all__ = ["AsyncVerifierClient", "Group", "ScoreResponse", "VerifierClient", "VerifierHTTPError"]
+__all__ = [
+    "AsyncVerifierClient",
+    "Group",
+    "Metric",
+    "Prior",
+    "Reward",
+    "ScoreResponse",
+    "VerifierClient",
+    "VerifierHTTPError",
+]
 
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_POLICY = RetryPolicy(max_retries=3, backoff_s=0.5)
