@@ -117,7 +117,8 @@ def write_report(
         },
         "arms": collect(places, budget, arms, references),
     }
-    with locked(places.results / ".lock"):
+    # The lock beside the worlds' runs folders (never in docs/): both worlds share the page.
+    with locked(places.runs.parent / "results.lock"):
         page = read_page(places)
         page["definitions"] = DEFINITIONS
         page["worlds"][world] = summary
