@@ -102,7 +102,8 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("experiments/notes/{world}.md"),
         help="markdown for each world's 'what the numbers show', if the file exists; {world} "
-        "stands for the world's name (default experiments/notes/{world}.md)",
+        "stands for the world's name, and 'page' for what the page says above both worlds "
+        "(default experiments/notes/{world}.md)",
     )
     p.add_argument(
         "--arms",

@@ -207,6 +207,8 @@ def markdown(page: dict[str, Any], notes: dict[str, str | None]) -> str:
         "",
         GOALS,
     ]
+    if notes.get("page"):
+        lines += ["## Where the runs stand", "", notes["page"].strip(), ""]
     for world in worlds:
         lines += world_section(world, page["worlds"][world], notes.get(world))
     return "\n".join(lines) + "\n"

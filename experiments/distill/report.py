@@ -124,7 +124,7 @@ def write_report(
         page["worlds"][world] = summary
         write_json(places.results / "summary.json", page)
         notes = {}
-        for name in page["worlds"]:
+        for name in ["page", *page["worlds"]]:  # "page": what stands above both worlds
             path = notes_path(args, name)
             notes[name] = path.read_text() if path.is_file() else None
         (places.docs / "results.md").write_text(markdown(page, notes))

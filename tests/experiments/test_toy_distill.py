@@ -147,8 +147,13 @@ def test_the_chain_world_runs_through_the_experiment(tmp_path):
     world = build_tiny(tmp_path / "tiny-chain", TINY_CHAIN)
     runs, docs = tmp_path / "runs", tmp_path / "docs"
     arms = ["student", "sft", "opd", "omniopd-likelihood", "omniopd-outcome", "omniopd-mixed"]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "page.md").write_text("Both worlds were run for this test.")
+    (notes / "chain.md").write_text("The chain world's numbers mean nothing here.")
     args = [
         *("--world", str(world.root), "--runs-dir", str(runs), "--docs", str(docs)),
+        *("--notes", str(notes / "{world}.md")),
         *("--steps", "2", "--batch-size", "4", "--evals", "2", "--lrs", "1e-3"),
         *("--seeds", "0", "--eval-limit", "16", "--val-limit", "16", "--arms", *arms),
     ]
@@ -174,6 +179,9 @@ def test_the_chain_world_runs_through_the_experiment(tmp_path):
     assert page["worlds"]["arith"]["recipe"] == "another"
     assert page["worlds"]["chain"]["arms"] == summary["arms"]
     text = (docs / "results.md").read_text()
+    assert text.index("## Where the runs stand") < text.index("## The chain world")
     assert text.index("## The chain world") < text.index("## The arith world")
+    assert "Both worlds were run for this test." in text
+    assert "The chain world's numbers mean nothing here." in text
     for png in ("accuracy_vs_updates", "accuracy_vs_teacher_tokens"):
         assert (docs / "results" / "chain" / f"{png}.png").is_file()
