@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -244,8 +244,11 @@ async def stream_chunks(
             call.cancel()
 
 
-class AsyncGatewayClient:
-    """asyncio client: one channel, any number of streams and calls at once."""
+class _Client:
+    """What both clients hold: the address, the retry policy, the per-call timeout, the bearer
+    token's metadata and one channel (``_channel`` opens it: grpc's or grpc.aio's)."""
+
+    _channel: Callable[[str], Any]
 
     def __init__(
         self,
@@ -259,8 +262,14 @@ class AsyncGatewayClient:
         self.policy = policy or RetryPolicy()
         self.timeout_s = timeout_s
         self.metadata = bearer(token)
-        self.channel = grpc.aio.insecure_channel(target(address))
+        self.channel = type(self)._channel(target(address))
         self.stub = gateway_pb2_grpc.TeacherGatewayStub(self.channel)
+
+
+class AsyncGatewayClient(_Client):
+    """asyncio client: one channel, any number of streams and calls at once."""
+
+    _channel = grpc.aio.insecure_channel
 
     async def teachers(self, timeout_s: float | None = None) -> dict[str, gateway_pb2.TeacherInfo]:
         """The teachers the gateway serves, by name (one attempt: a start-up check)."""
@@ -302,23 +311,10 @@ class AsyncGatewayClient:
         await self.close()
 
 
-class GatewayClient:
+class GatewayClient(_Client):
     """Blocking client; one channel, safe to share between threads."""
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        token: str | None = None,
-        policy: RetryPolicy | None = None,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-    ) -> None:
-        self.address = address
-        self.policy = policy or RetryPolicy()
-        self.timeout_s = timeout_s
-        self.metadata = bearer(token)
-        self.channel = grpc.insecure_channel(target(address))
-        self.stub = gateway_pb2_grpc.TeacherGatewayStub(self.channel)
+    _channel = grpc.insecure_channel
 
     def teachers(self, timeout_s: float | None = None) -> dict[str, gateway_pb2.TeacherInfo]:
         """The teachers the gateway serves, by name (one attempt: a start-up check)."""
