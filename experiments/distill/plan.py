@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import multiprocessing
 import statistics
 import time
+from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -12,11 +17,16 @@ from distill.arms import Arm, Budget, log
 from distill.places import Places, Services, digest, read_json, say, write_json
 from distill.report import write_report
 from distill.runs import (
+    GATEWAY,
+    VERIFIER,
     Interrupted,
     RunSpec,
+    check_stack,
     choose_lr,
     evaluate_model,
+    fit,
     load_result,
+    needs_services,
     resolve,
     run_order,
     seed_specs,
@@ -32,12 +42,42 @@ class Progress:
     total: int
     done: int = 0
     run_seconds: list[float] = field(default_factory=list)
+    jobs: int = 1
 
     def eta(self) -> str:
         if not self.run_seconds:
             return "?"
-        left = (self.total - self.done) * statistics.mean(self.run_seconds)
+        left = (self.total - self.done) * statistics.mean(self.run_seconds) / self.jobs
         return f"{left / 60:.0f} min"
+
+
+def _child_setup() -> None:
+    """A run's process under ``--jobs``: one thread, and INFO records reach its train.log."""
+    import torch
+
+    torch.set_num_threads(1)
+    logging.getLogger().setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def run_pool(jobs: int) -> Iterator[Executor | None]:
+    """``jobs`` processes for training runs (None: runs train in this process). On the way
+    out after Ctrl-C or SIGTERM each child is sent SIGTERM: its run checkpoints after the
+    step in flight and stops, as a run in this process does."""
+    if jobs <= 1:
+        yield None
+        return
+    pool = ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_child_setup
+    )
+    try:
+        yield pool
+    except BaseException:
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def reference_evals(places: Places, budget: Budget) -> dict[str, Any]:
@@ -93,7 +133,7 @@ def run_experiment(
                 load_result(s, places, budget) is not None for s in seed_specs(arm, lr, budget)
             )
     validate_configs(places, budget, trained)
-    progress = Progress(total=n_runs, done=finished)
+    progress = Progress(total=n_runs, done=finished, jobs=args.jobs)
     say(
         f"{len(arms)} arms, {n_runs} training runs ({finished} already finished): "
         f"{budget.steps} steps of {budget.batch_size} prompts, learning rates "
@@ -106,27 +146,30 @@ def run_experiment(
     failures: list[str] = []
     try:
         references = reference_evals(places, budget)
-        for arm in trained:
-            try:
-                if (resolved := resolve(arm, places, budget)) is None:
-                    raise RuntimeError(
-                        f"sized from {arm.matches}'s and sft's runs, which are unfinished "
-                        f"(run them first: --arms sft {arm.matches} {arm.name})"
+        with run_pool(args.jobs) as pool:
+            for arm in trained:
+                try:
+                    if (resolved := resolve(arm, places, budget)) is None:
+                        raise RuntimeError(
+                            f"sized from {arm.matches}'s and sft's runs, which are unfinished "
+                            f"(run them first: --arms sft {arm.matches} {arm.name})"
+                        )
+                    trained_now = run_arm(resolved, places, budget, services, progress, pool)
+                except (Interrupted, KeyboardInterrupt):
+                    raise
+                except Exception as err:  # one broken arm must not cost the others theirs
+                    log.exception("arm %s failed", arm.name)
+                    failures.append(f"{arm.name}: {type(err).__name__}: {err}")
+                    say(f"arm {arm.name} FAILED ({err}); going on with the others")
+                    trained_now = True
+                if trained_now:  # the page and summary so far (the plots come at the end)
+                    write_report(
+                        args, places, budget, arms, references, started, services, plots=False
                     )
-                trained_now = run_arm(resolved, places, budget, services, progress)
-            except (Interrupted, KeyboardInterrupt):
-                raise
-            except Exception as err:  # one broken arm must not cost the others their results
-                log.exception("arm %s failed", arm.name)
-                failures.append(f"{arm.name}: {type(err).__name__}: {err}")
-                say(f"arm {arm.name} FAILED ({err}); going on with the others")
-                trained_now = True
-            if trained_now:  # the page and summary so far (the plots come at the end)
-                write_report(args, places, budget, arms, references, started, services, plots=False)
         write_report(args, places, budget, arms, references, started, services, plots=True)
     except (Interrupted, KeyboardInterrupt) as err:
         say(
-            f"interrupted ({err or 'Ctrl-C'}): finished runs are kept, the run in flight "
+            f"interrupted ({err or 'Ctrl-C'}): finished runs are kept, the runs in flight "
             "saved a checkpoint; run the same command again to continue"
         )
         return 130
@@ -152,16 +195,19 @@ def validate_configs(places: Places, budget: Budget, arms: list[Arm]) -> None:
 
 
 def run_arm(
-    arm: Arm, places: Places, budget: Budget, services: Services, progress: Progress
+    arm: Arm,
+    places: Places,
+    budget: Budget,
+    services: Services,
+    progress: Progress,
+    pool: Executor | None = None,
 ) -> bool:
-    """The arm's sweep, then its other seeds; whether any run was trained now."""
+    """The arm's sweep, then its other seeds (each batch ``--jobs`` runs at a time); whether
+    any run was trained now."""
     trained = False
 
-    def one(spec: RunSpec) -> dict[str, Any]:
+    def started(spec: RunSpec) -> None:
         nonlocal trained
-        done = load_result(spec, places, budget)
-        if done is not None:
-            return done
         trained = True
         progress.done += 1
         say(
@@ -169,22 +215,44 @@ def run_arm(
             f"{' (sweep)' if spec.sweep else ''}, {spec.steps} steps; about "
             f"{progress.eta()} left"
         )
-        t0 = time.monotonic()
-        result = train_run(spec, places, budget, services)
-        progress.run_seconds.append(time.monotonic() - t0)
+
+    def finished(spec: RunSpec, result: dict[str, Any], seconds: float) -> None:
+        progress.run_seconds.append(seconds)
         val = result["val"]["accuracy_greedy"] if result["val"] else None
         say(
             f"    {arm.name} lr {spec.lr:g} seed {spec.seed}: held-out "
             f"{result['final'].get('accuracy_greedy', float('nan')):.3f}"
             + (f", val {val:.3f}" if val is not None else "")
-            + f" ({time.monotonic() - t0:.0f} s)"
+            + f" ({seconds:.0f} s)"
         )
-        return result
 
-    sweep = [one(s) for s in sweep_specs(arm, budget)]
-    lr = choose_lr(sweep)
+    def batch(specs: list[RunSpec]) -> list[dict[str, Any]]:
+        results = {s: load_result(s, places, budget) for s in specs}
+        todo = [s for s in specs if results[s] is None]
+        if pool is None:
+            for spec in todo:
+                started(spec)
+                t0 = time.monotonic()
+                results[spec] = train_run(spec, places, budget, services)
+                finished(spec, results[spec], time.monotonic() - t0)
+        elif todo:
+            gateway, verifier = (
+                services.up() if any(needs_services(s) for s in todo) else (GATEWAY, VERIFIER)
+            )
+            t0 = time.monotonic()
+            futures = {}
+            for spec in todo:
+                started(spec)
+                futures[pool.submit(fit, spec, places, budget, gateway, verifier)] = spec
+            for future in as_completed(futures):
+                spec = futures[future]
+                results[spec] = future.result()
+                check_stack(spec, places, budget, services)
+                finished(spec, results[spec], time.monotonic() - t0)
+        return [results[s] for s in specs]  # type: ignore[misc]
+
+    lr = choose_lr(batch(sweep_specs(arm, budget)))
     if trained and len(budget.lrs) > 1:
         say(f"    {arm.name}: learning rate {lr:g} (best on val)")
-    for spec in seed_specs(arm, lr, budget):
-        one(spec)
+    batch(seed_specs(arm, lr, budget))
     return trained

@@ -185,15 +185,37 @@ def evaluate_model(
     return result.summary()
 
 
+def needs_services(spec: RunSpec) -> bool:
+    return spec.arm.method in ("omniopd", "sft")
+
+
 def train_run(spec: RunSpec, places: Places, budget: Budget, services: Services) -> dict[str, Any]:
-    """Train (or resume) one run, evaluate it on val if it is a sweep run, save result.json."""
+    """Train (or resume) one run in this process against the stack (:func:`fit`), then make
+    sure the stack lived through it (:func:`check_stack`)."""
+    gateway, verifier = services.up() if needs_services(spec) else (GATEWAY, VERIFIER)
+    result = fit(spec, places, budget, gateway, verifier)
+    check_stack(spec, places, budget, services)
+    return result
+
+
+def check_stack(spec: RunSpec, places: Places, budget: Budget, services: Services) -> None:
+    """A run whose gateway or verifier died under it had its forks fail from some step on:
+    it is removed, to be redone whole by a rerun, never kept."""
+    if needs_services(spec) and (reason := services.dead()) is not None:
+        shutil.rmtree(spec.folder(places, budget), ignore_errors=True)
+        raise RuntimeError(f"{reason} during the run; it was removed, to be redone by a rerun")
+
+
+def fit(
+    spec: RunSpec, places: Places, budget: Budget, gateway: str, verifier: str
+) -> dict[str, Any]:
+    """Train (or resume) one run, evaluate it on val if it is a sweep run, save result.json.
+    Needs no ``Services``: it runs in this process or in a child (``--jobs``)."""
     from omniopd.trainer.checkpoint import latest_checkpoint
     from omniopd.trainer.config import parse_config
     from omniopd.trainer.train import train
 
     folder = spec.folder(places, budget)
-    needs_services = spec.arm.method in ("omniopd", "sft")
-    gateway, verifier = services.up() if needs_services else (GATEWAY, VERIFIER)
     argv = spec.argv(places, budget, gateway, verifier)
     if latest_checkpoint(folder) is None and (folder / "metrics.jsonl").exists():
         # Nothing to resume from: start clean (the trainer would append to the old lines).
@@ -203,10 +225,6 @@ def train_run(spec: RunSpec, places: Places, budget: Budget, services: Services)
     start = time.monotonic()
     with run_log(folder / "train.log"):
         summary = train(config)
-    if needs_services and (reason := services.dead()) is not None:
-        # Its forks failed from some step on: redo the whole run (next time), never keep it.
-        shutil.rmtree(folder)
-        raise RuntimeError(f"{reason} during the run; it was removed, to be redone by a rerun")
     if summary.get("stopped_by_signal"):
         raise Interrupted(f"{spec.arm.name} lr={spec.lr:g} seed={spec.seed} stopped")
     run_s = time.monotonic() - start

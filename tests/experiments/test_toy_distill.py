@@ -6,6 +6,7 @@ command trains nothing. The accuracies mean nothing here."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,9 +107,10 @@ def test_every_arm_runs_two_steps_and_a_rerun_only_finishes_what_is_missing(tmp_
     )  # every trained arm, saved as it finished
 
     # A sweep over two learning rates and a second seed (one arm without services, to stay
-    # fast): the run above is reused, the sweep picks a rate on val, the seed runs at it.
+    # fast), two runs at a time in processes of their own: the run above is reused, the sweep
+    # picks a rate on val, the seed runs at it.
     sweep = [*common, "--lrs", "1e-3", "3e-3", "--seeds", "0", "1", "--arms", "opd"]
-    done = run([*sweep, "--", *TINY_TRAINER])
+    done = run([*sweep, "--jobs", "2", "--", *TINY_TRAINER])
     assert done.returncode == 0, done.stderr[-5000:]
     assert "3 training runs (1 already finished)" in done.stderr
     opd = json.loads((docs / "results" / "summary.json").read_text())["worlds"]["arith"]
@@ -129,6 +131,15 @@ def test_every_arm_runs_two_steps_and_a_rerun_only_finishes_what_is_missing(tmp_
     assert "3 training runs (2 already finished)" in done.stderr
     assert {p: p.stat().st_mtime for p in stamps} == stamps
     assert json.loads(lost.read_text())["final"] == saved["final"]
+
+    # The same run trained from nothing in this process gives what the child process gave:
+    # --jobs changes when runs train, not what they learn.
+    shutil.rmtree(lost.parent)
+    done = run([*sweep, "--", *TINY_TRAINER])
+    assert done.returncode == 0, done.stderr[-5000:]
+    again = json.loads(lost.read_text())
+    assert again["final"] == saved["final"] and again["curve"] == saved["curve"]
+    assert (lost.parent / "train.log").read_text().count("INFO") > 0
 
 
 def test_a_flag_that_arms_differ_in_cannot_be_set_for_all(tmp_path):
