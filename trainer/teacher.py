@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 
-from omniopd.gateway.client import AsyncGatewayClient, TeacherReply, TeacherRequest
+from omniopd.gateway.client import AsyncGatewayClient, Retry, TeacherReply, TeacherRequest
 from omniopd.trainer.retry import Counters
 
 __all__ = [
@@ -79,11 +79,26 @@ async def stream_teacher(
     """The gateway client's stream of one step's requests, each retry counted in
     ``counters.teacher_retries`` and each fork that failed for good in ``teacher_errors``."""
 
-    def retried(reason: str, pause_s: float) -> None:
+    def retried(retry: Retry) -> None:
         counters.teacher_retries += 1
-        # A request re-sent on a live stream is routine; a stream reopened is worth a warning.
-        level = logging.WARNING if reason.startswith("stream") else logging.DEBUG
-        log.log(level, "teacher %s: retry in %.2f s", reason, pause_s)
+        of = gateway.policy.max_retries
+        if retry.what == "stream":  # a stream reopened is worth a warning; a request re-sent
+            log.warning(  # on a live stream is routine
+                "teacher stream failed (%s): reopening it, retry %d of %d in %.2f s",
+                retry.reason,
+                retry.attempt,
+                of,
+                retry.pause_s,
+            )
+        else:
+            log.debug(
+                "teacher request for fork %s failed (%s): retry %d of %d in %.2f s",
+                retry.request_id,
+                retry.reason,
+                retry.attempt,
+                of,
+                retry.pause_s,
+            )
 
     async for reply in gateway.stream(
         requests, teacher=teacher, temperature=temperature, on_retry=retried

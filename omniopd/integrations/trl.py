@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from omniopd.gateway.client import GatewayClient, sample_request
+from omniopd.gateway.client import GatewayClient, Retry, sample_request
 from omniopd.log import register_secret
 from omniopd.proto.v1 import gateway_pb2
 from omniopd.retry import RetryPolicy
@@ -260,7 +260,7 @@ class OmniOPDReward:
         the gateway's ``RetryInfo`` delay or a jittered backoff, up to ``max_retries`` times."""
         self.stats.teacher_requests += len(prompts)
 
-        def retried(reason: str, pause_s: float) -> None:
+        def retried(retry: Retry) -> None:
             self.stats.teacher_retries += 1
 
         requests = {

@@ -36,6 +36,7 @@ from omniopd.retry import RetryPolicy, grpc_retryable
 __all__ = [
     "AsyncGatewayClient",
     "GatewayClient",
+    "Retry",
     "TeacherReply",
     "TeacherRequest",
     "bearer",
@@ -52,8 +53,19 @@ DEFAULT_TIMEOUT_S = 120.0
 
 log = logging.getLogger("omniopd.gateway.client")
 
-# A retry about to happen: why (``CODE: message``) and the pause in seconds.
-OnRetry = Callable[[str, float], None]
+
+@dataclass(frozen=True)
+class Retry:
+    """A retry about to happen: of one ``request`` (its id) or of the whole ``stream``."""
+
+    what: str  # "request" or "stream"
+    request_id: str | None
+    reason: str  # "CODE: message", or the exception
+    attempt: int  # 1 for the first retry of this request or stream
+    pause_s: float
+
+
+OnRetry = Callable[[Retry], None]
 
 
 def retry_info_s(status: status_pb2.Status) -> float | None:
@@ -154,7 +166,7 @@ class TeacherReply:
         return self.error is None
 
 
-def _no_retry_hook(reason: str, pause_s: float) -> None:
+def _no_retry_hook(retry: Retry) -> None:
     pass
 
 
@@ -209,7 +221,7 @@ async def stream_chunks(
                     if grpc_retryable(code) and attempts[rid] < policy.max_retries:
                         delay = policy.delay(attempts[rid], retry_info_s(reply.error))
                         attempts[rid] += 1
-                        on_retry(f"request {rid}: {reason}", delay)
+                        on_retry(Retry("request", rid, reason, attempts[rid], delay))
                         task = asyncio.create_task(send(req, delay))
                         resends.add(task)
                         task.add_done_callback(resends.discard)
@@ -232,7 +244,7 @@ async def stream_chunks(
             if (code is None or grpc_retryable(code)) and stream_attempt < policy.max_retries:
                 delay = policy.delay(stream_attempt)
                 stream_attempt += 1
-                on_retry(f"stream: {reason}", delay)
+                on_retry(Retry("stream", None, reason, stream_attempt, delay))
                 await asyncio.sleep(delay)
                 continue
             for rid, req in list(pending.items()):
@@ -355,7 +367,10 @@ class GatewayClient(_Client):
                         status = status_from_call(err)
                         hint = retry_info_s(status) if status is not None else None
                         wait = self.policy.delay(attempt, hint)
-                        on_retry(f"{code.name}: {err.details()}", wait)  # type: ignore[attr-defined]
+                        reason = f"{code.name}: {err.details()}"  # type: ignore[attr-defined]
+                        on_retry(
+                            Retry("request", pending[key].request_id, reason, attempt + 1, wait)
+                        )
                         pause = max(pause, wait)
                         again[key] = pending[key]
                         continue
