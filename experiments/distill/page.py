@@ -35,7 +35,8 @@ def world_section(world: str, summary: dict[str, Any], notes: str | None) -> lis
         f"{b['max_new_tokens']} tokens, learning rate chosen per arm from "
         f"{{{', '.join(f'{lr:g}' for lr in b['lrs'])}}} ({b.get('lr_schedule', 'constant')} "
         f"schedule) by greedy accuracy on {summary['val_rows']} val problems with seed "
-        f"{b['seeds'][0]}, then seeds {', '.join(map(str, b['seeds']))} at that rate. Wall time "
+        f"{b['seeds'][0]}; that run and seeds {', '.join(map(str, b['seeds'][1:]))} at the same "
+        "rate are the arm's. Wall time "
         "of the invocation that trained these runs: "
         + (f"{wall / 60:.0f} min" if wall is not None else "unknown")
         + f", on {summary['machine']}.",

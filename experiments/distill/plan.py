@@ -130,7 +130,7 @@ def run_experiment(
         if all(sweep):
             lr = choose_lr(sweep)  # type: ignore[arg-type]
             finished += sum(
-                load_result(s, places, budget) is not None for s in seed_specs(arm, lr, budget)
+                load_result(s, places, budget) is not None for s in seed_specs(resolved, lr, budget)
             )
     validate_configs(places, budget, trained)
     progress = Progress(total=n_runs, done=finished, jobs=args.jobs)

@@ -23,7 +23,7 @@ def plot(summary: dict[str, Any], folder: Path) -> None:
         ("baselines and the main OmniOPD arms", [a for a in MAIN_ARMS if a != "student"]),
         ("OmniOPD variants", ["omniopd", *(a.name for a in ARMS if a.ablation)]),
     ]
-    colors = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+    colors = plt.get_cmap("tab20").colors + plt.get_cmap("Dark2").colors  # one per arm
 
     def series(entry: dict[str, Any], key: str) -> tuple[list[float], list[float], list[float]]:
         """Mean over seeds at each evaluated step (steps every seed has), and the std."""
@@ -81,7 +81,7 @@ def plot(summary: dict[str, Any], folder: Path) -> None:
                 top = ax.secondary_xaxis(
                     "top", functions=(lambda t: t * price / 1e6, lambda d: d * 1e6 / price)
                 )
-                top.set_xlabel(f"at ${price:g} per million teacher tokens ($)", fontsize=8)
+                top.set_xlabel(rf"at \${price:g} per million teacher tokens (\$)", fontsize=8)
             for j, (name, r) in enumerate(refs["teachers"].items()):
                 ax.axhline(
                     r["accuracy_greedy"],

@@ -129,6 +129,8 @@ DIAGNOSTICS = (
     # the published objective's (--objective likelihood)
     "chunks_per_response", "audited_fraction", "k_mean", "prior_mean", "target_mean",
     "target_min", "target_max",
+    # its extensions' (--mixed-weight, --outcome-weight)
+    "mixed_tokens", "mixed_prob",
 )  # fmt: skip
 
 
