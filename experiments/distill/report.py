@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from distill.page import markdown
 from distill.places import Places, Services, write_json
 from distill.plots import plot
 from distill.summary import PRICE_PER_MILLION, collect, experiment_command
+from omniopd.paths import locked
 
 DEFINITIONS = {
     "worlds.<world>": "one toy world's experiment (docs/toy.md), written by its own invocation",
@@ -33,20 +32,6 @@ DEFINITIONS = {
     "lr_sweep": "val greedy accuracy per learning rate (first seed)",
     "price_per_million": "dollars per million teacher tokens in the page's cost column",
 }
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """One writer at a time: both worlds' experiments may run at once and share the page."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_page(places: Places) -> dict[str, Any]:

@@ -12,7 +12,6 @@ against 1.5 s per training step on 2 busy cores).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -20,14 +19,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from omniopd.log import JsonFormatter
-from omniopd.paths import make_readable, omniopd_home
+from omniopd.paths import locked, make_readable, omniopd_home
 from omniopd.toy.recipe import BANDS, EVAL_MAX_NEW_TOKENS, RECIPES, ModelSpec, Recipe
 from omniopd.toy.world import MANIFEST, MODEL_DIRS, ToyWorld
 
@@ -183,17 +180,6 @@ def check_bands(world: str, models: dict[str, Any]) -> None:
         )
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure_toy_world(
     recipe: Recipe | None = None,
     *,
@@ -209,7 +195,7 @@ def ensure_toy_world(
     root = cache_dir(recipe, home)
     if is_complete(root) and not rebuild:
         return ToyWorld.at(root)
-    with _locked(root.with_name(f"{root.name}.lock")):
+    with locked(root.with_name(f"{root.name}.lock")):
         if is_complete(root) and not rebuild:  # another process built it while we waited
             return ToyWorld.at(root)
         for stale in root.parent.glob(f".building-{root.name}-*"):
