@@ -65,8 +65,12 @@ def world_section(world: str, summary: dict[str, Any], notes: str | None) -> lis
             f"{pct(a['repetition_rate'])} | {pct(a['truncated_rate'])} | {a['wall_s']:.0f} |"
         )
     for name, r in refs["teachers"].items():
+        limit = r.get("max_new_tokens")  # absent from summaries written before it was recorded
+        label = (
+            f"{name} (reference, answers up to {limit} tokens)" if limit else f"{name} (reference)"
+        )
         lines.append(
-            f"| {name} (reference) | {pct(r['accuracy_greedy'])} | | {pct(r['accuracy_sampled'])}"
+            f"| {label} | {pct(r['accuracy_greedy'])} | | {pct(r['accuracy_sampled'])}"
             f" | | | | {pct(r['repetition_rate'])} | {pct(r['truncated_rate'])} | |"
         )
     opd_tokens = arms.get("opd", {}).get("white_box_teacher_tokens")

@@ -33,6 +33,7 @@ from distill.runs import (
     sweep_specs,
     train_run,
 )
+from omniopd.toy.recipe import EVAL_MAX_NEW_TOKENS
 
 # -- the plan -------------------------------------------------------------------------------
 
@@ -85,17 +86,21 @@ def reference_evals(places: Places, budget: Budget) -> dict[str, Any]:
     on the eval split; cached in the runs folder."""
     w = places.world
     out: dict[str, Any] = {"student": {}, "teachers": {}}
-    todo = [("student", w.student, seed) for seed in budget.seeds]
+    limit = budget.max_new_tokens
+    # The char teacher spends a token per character, so the same answer takes it more tokens
+    # than the bpe models: it gets the limit its band is measured with when the world is built.
+    char_limit = max(limit, EVAL_MAX_NEW_TOKENS[places.world_name])
+    todo = [("student", w.student, seed, limit) for seed in budget.seeds]
     todo += [
-        ("teacher", w.teacher, budget.seeds[0]),
-        ("teacher-char", w.teacher_char, budget.seeds[0]),
+        ("teacher", w.teacher, budget.seeds[0], limit),
+        ("teacher-char", w.teacher_char, budget.seeds[0], char_limit),
     ]
-    for name, path, seed in todo:
+    for name, path, seed, max_new_tokens in todo:
         key = digest(
             {
                 "recipe": places.recipe,
                 "rows": places.show(str(places.eval_rows)),
-                "max_new_tokens": budget.max_new_tokens,
+                "max_new_tokens": max_new_tokens,
                 "seed": seed,
                 "device": budget.device,
             }
@@ -105,8 +110,16 @@ def reference_evals(places: Places, budget: Budget) -> dict[str, Any]:
             result = read_json(cached)
         else:
             say(f"evaluating {name} (seed {seed}) on {places.eval_rows.name}")
-            result = evaluate_model(path, places.eval_rows, budget=budget, seed=seed, sampled=True)
+            result = evaluate_model(
+                path,
+                places.eval_rows,
+                budget=budget,
+                seed=seed,
+                sampled=True,
+                max_new_tokens=max_new_tokens,
+            )
             write_json(cached, result)
+        result["max_new_tokens"] = max_new_tokens
         if name == "student":
             out["student"][seed] = result
         else:

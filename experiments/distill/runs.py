@@ -164,9 +164,16 @@ def summarize_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_model(
-    path: Path | str, rows_path: Path, *, budget: Budget, seed: int, sampled: bool
+    path: Path | str,
+    rows_path: Path,
+    *,
+    budget: Budget,
+    seed: int,
+    sampled: bool,
+    max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """``omniopd.evaluation.evaluate`` with the trainer's settings (τ = 1, batch 64)."""
+    """``omniopd.evaluation.evaluate`` with the trainer's settings (τ = 1, batch 64); answers
+    up to ``max_new_tokens`` of the model's own tokens (default: the budget's limit)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from omniopd.answers import read_jsonl
@@ -178,7 +185,7 @@ def evaluate_model(
         model,
         tokenizer,
         list(read_jsonl(rows_path)),
-        max_new_tokens=budget.max_new_tokens,
+        max_new_tokens=max_new_tokens or budget.max_new_tokens,
         batch_size=EVAL_BATCH,
         temperature=1.0,
         seed=seed,

@@ -120,7 +120,8 @@ def mean_pm(entry: dict[str, Any]) -> str:
 
 def judge(arms: dict[str, Any]) -> list[str]:
     """The goals stated before the chain world's first run (GOALS), judged from the numbers;
-    noise is the larger seed std of the two arms compared."""
+    noise is the larger seed std of the two arms compared, and a goal is met or missed only when
+    its difference from the mark is beyond it (otherwise: not shown)."""
 
     def ok(*names: str) -> bool:
         return all(
@@ -136,8 +137,16 @@ def judge(arms: dict[str, Any]) -> list[str]:
             f"{size} the larger seed std ({noise:.1f})"
         )
 
-    def verdict(met: bool) -> str:
-        return f"**{'met' if met else 'missed'}**"
+    def verdict(a: str, b: str, margin: float = 0.0) -> str:
+        """``a`` against ``b`` + ``margin`` points: met or missed only beyond the seed noise."""
+        d = 100 * (arms[a]["mean"] - arms[b]["mean"])
+        noise = 100 * max(arms[a]["std"], arms[b]["std"])
+        if d - margin > noise:
+            return "**met**"
+        if margin - d > noise:
+            return "**missed**"
+        side = "above" if d > margin else "not above"
+        return f"**not shown** (the means are {side} the mark, within the seed noise)"
 
     def tokens(name: str) -> str:
         return f"`{name}` {arms[name]['teacher_tokens']:,.0f}"
@@ -153,23 +162,22 @@ def judge(arms: dict[str, Any]) -> list[str]:
                 extra = f" Teacher tokens per run: {tokens(named)}, {tokens(other)}."
             lines.append(
                 f"1{'ab'[i - 1]}. `{named}` {what}: "
-                f"{verdict(arms[named]['mean'] > arms[other]['mean'])}. "
+                f"{verdict(named, other)}. "
                 f"{versus(named, other)}.{extra}"
             )
         else:
             lines.append(f"1{'ab'[i - 1]}. `{named}` {what}: not judged (arms incomplete).")
     if ok(named, "opd"):
-        d = 100 * (arms[named]["mean"] - arms["opd"]["mean"])
         lines.append(
             f"1c. `{named}` (black box) within 2 points of white-box OPD or better: "
-            f"{verdict(d >= -2)}. {versus(named, 'opd')}."
+            f"{verdict(named, 'opd', margin=-2.0)}. {versus(named, 'opd')}."
         )
     else:
         lines.append(f"1c. `{named}` within 2 points of OPD: not judged (arms incomplete).")
     if ok("omniopd", "omniopd-random-forks"):
         lines.append(
             "2. Audits at entropy peaks beat as many audits at random positions: "
-            f"{verdict(arms['omniopd']['mean'] > arms['omniopd-random-forks']['mean'])}. "
+            f"{verdict('omniopd', 'omniopd-random-forks')}. "
             f"{versus('omniopd', 'omniopd-random-forks')}; teacher tokens per run "
             f"{tokens('omniopd')}, {tokens('omniopd-random-forks')}."
         )
@@ -178,7 +186,7 @@ def judge(arms: dict[str, Any]) -> list[str]:
     if ok("omniopd-char", "student"):
         lines.append(
             "3. OmniOPD with teacher-char beats the untrained student: "
-            f"{verdict(arms['omniopd-char']['mean'] > arms['student']['mean'])}. "
+            f"{verdict('omniopd-char', 'student')}. "
             f"{versus('omniopd-char', 'student')}."
         )
     else:
