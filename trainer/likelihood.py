@@ -35,7 +35,7 @@ from omniopd.trainer.baselines import checked_rewards
 from omniopd.trainer.context import Run
 from omniopd.trainer.data import Example
 from omniopd.trainer.drafts import Drafts, draft_texts, make_drafts
-from omniopd.trainer.loop import sample_responses, teacher_requests
+from omniopd.trainer.loop import sample_responses, teacher_requests, wait_for_scores
 from omniopd.trainer.losses import (
     chunk_likelihood_loss,
     chunk_prior_mean,
@@ -254,10 +254,7 @@ def likelihood_update(
         logprobs_BT, kl_BT = token_terms(run.model, ref, responses, temperature=cfg.temperature)
         if ref is not None:
             kl_term(kl_BT, unaudited_BT).backward(retain_graph=True)
-    t_wait = time.perf_counter()
-    scores = future.result() if future is not None else ForkScores()
-    time_wait = time.perf_counter() - t_wait
-    run.teacher_chars_per_token.update(scores.teacher_chars, scores.teacher_tokens)
+    scores, time_wait = wait_for_scores(run, future)
 
     # π̂ per scored chunk: k = Σ_n φ over the continuations the teacher returned (N of them),
     # and the student's own π̄.

@@ -118,6 +118,15 @@ def teacher_requests(
     ]
 
 
+def wait_for_scores(run: Run, future: Future[ForkScores] | None) -> tuple[ForkScores, float]:
+    """Steps 4 and 5's result (empty when nothing was sent) and the seconds step 6 waited for
+    it; the teacher's characters per token are updated from its replies."""
+    t_wait = time.perf_counter()
+    scores = future.result() if future is not None else ForkScores()
+    run.teacher_chars_per_token.update(scores.teacher_chars, scores.teacher_tokens)
+    return scores, time.perf_counter() - t_wait
+
+
 def fork_advantages(run: Run, rewards_GK: torch.Tensor) -> torch.Tensor:
     """Advantages of the scored forks; ``batch`` centres over the drafts of every rank."""
     cfg = run.config
@@ -223,10 +232,7 @@ def drafts_update(
         early_logprobs_NT = token_logprobs(
             continuation_logits(run.model, early, cfg.temperature), early.tokens_BT
         )
-    t_wait = time.perf_counter()
-    scores = future.result() if future is not None else ForkScores()
-    time_wait = time.perf_counter() - t_wait
-    run.teacher_chars_per_token.update(scores.teacher_chars, scores.teacher_tokens)
+    scores, time_wait = wait_for_scores(run, future)
 
     # ... then the policy gradient on the drafts of every fork the verifier scored. Every rank
     # backpropagates when any fork of the step was scored (a rank with none, a zero loss).
