@@ -77,7 +77,7 @@ reliability: $(STAMP) toy
 	$(PY) tests/reliability/report.py $(RELIABILITY_LEDGER) --docs docs
 
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache

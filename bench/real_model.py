@@ -141,9 +141,9 @@ def rss_kib(field: str) -> int:
 def measure(kind: str, folder: str, tokens: int) -> None:
     """Child process: load, build the batch, reset the peak, run ``kind``, print the peak."""
     from omniopd.trainer.anchors import audited_mask, peak_entropy_anchors
-    from omniopd.trainer.likelihood import token_terms
     from omniopd.trainer.losses import chunk_likelihood_loss, unaudited_kl_loss
     from omniopd.trainer.models import Batch, checkpoint_layers, continuation_logits, left_pad
+    from omniopd.trainer.token_terms import token_terms
 
     torch.set_num_threads(1)
     model, tokenizer, _ = load(Path(folder))

@@ -33,7 +33,8 @@ from typing import Any
 import yaml
 
 from omniopd.log import add_logging_args, configure_from_args
-from omniopd.stack import Stack, StackConfig, console_script
+from omniopd.processes import console_script
+from omniopd.stack import Stack, StackConfig
 
 log = logging.getLogger("omniopd.demo")
 

@@ -1,7 +1,7 @@
 """The import layers of the package (README, "Layout"), checked on the source with ``ast``.
 
-- The **bottom** layer (settings, logging, paths, retries, Redis reconnection, answers and
-  their evaluation) imports no other part of the project.
+- The **bottom** layer (settings, logging, paths, retries, Redis reconnection, child processes,
+  answers and their evaluation) imports no other part of the project.
 - The **parts** (the gateway, the verifier, the trainer, the toy worlds) import the bottom
   layer, the protobuf stubs, themselves, and of another part only its client
   (``omniopd.gateway.client``, ``omniopd.verifier.client``).
@@ -33,6 +33,7 @@ BOTTOM = {
     "omniopd.paths",
     "omniopd.pretrained",
     "omniopd.probe",
+    "omniopd.processes",
     "omniopd.shared_redis",
     "omniopd.retry",
     "omniopd.settings",

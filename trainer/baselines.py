@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -23,11 +22,12 @@ from transformers import PreTrainedTokenizerBase
 from omniopd.trainer import distributed as dist_utils
 from omniopd.trainer.context import Run
 from omniopd.trainer.data import Example
+from omniopd.trainer.loop import sample_responses
 from omniopd.trainer.losses import centred_advantages
-from omniopd.trainer.metrics import response_metrics
+from omniopd.trainer.metrics import GRPOMetrics, OPDMetrics, SFTMetrics, response_metrics
 from omniopd.trainer.models import Batch, encode_prompts, left_pad, right_pad
 from omniopd.trainer.retry import Counters
-from omniopd.trainer.rollout import Rollout, rollout
+from omniopd.trainer.rollout import Rollout
 from omniopd.trainer.update import (
     cross_entropy_backward,
     kl_anchor,
@@ -60,20 +60,12 @@ def check_same_tokenizer(
         )
 
 
-def opd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
+def opd_step(run: Run, examples: list[Example]) -> OPDMetrics:
     """Rollout, then reverse KL to the white-box teacher on every response token."""
     cfg = run.config
     assert run.white_box_teacher is not None
     t0 = time.perf_counter()
-    r = rollout(
-        run.model,
-        encode_prompts(run.tokenizer, [e.prompt for e in examples]),
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        eos_ids=run.eos_ids,
-        pad_id=run.pad_id,
-        min_new_tokens=cfg.min_new_tokens,
-    )
+    r = sample_responses(run, [e.prompt for e in examples])
     time_rollout = time.perf_counter() - t0
     t1 = time.perf_counter()
     batch = r.as_batch()
@@ -92,21 +84,15 @@ def opd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     )
     metrics |= kl_anchor(run, batch, num_tokens)
     grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
-    return {
+    return OPDMetrics(
         **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),
-        "loss": metrics["opd_loss"] + metrics.get("kl_loss", 0.0),
-        "opd_kl": metrics["opd_kl"],
-        "kl": metrics.get("kl"),
-        "forks": 0,
-        "forks_failed": 0,
-        "forks_unanimous": 0,
-        "teacher_tokens": 0,
-        "time_rollout_s": time_rollout,
-        "time_teacher_s": 0.0,
-        "time_verifier_s": 0.0,
-        "time_update_s": time.perf_counter() - t1,
-        "grad_norm": grad_norm,
-    }
+        loss=metrics["opd_loss"] + metrics.get("kl_loss", 0.0),
+        opd_kl=metrics["opd_kl"],
+        kl=metrics.get("kl"),
+        time_rollout_s=time_rollout,
+        time_update_s=time.perf_counter() - t1,
+        grad_norm=grad_norm,
+    )
 
 
 class AnswerCache:
@@ -142,7 +128,7 @@ class AnswerCache:
             f.write(json.dumps({"key": key, "answers": list(answers)}) + "\n")
 
 
-def sft_step(run: Run, examples: list[Example]) -> dict[str, Any]:
+def sft_step(run: Run, examples: list[Example]) -> SFTMetrics:
     """Cross-entropy on the teacher's full answers (``--sft-answers`` per prompt, fetched once
     per prompt in one request, then cached)."""
     cfg, services = run.config, run.services
@@ -198,22 +184,17 @@ def sft_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         parts=cfg.grad_accum_steps,
     )
     grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
-    return {
-        "loss": metrics.get("sft_loss", 0.0),
-        "sft_loss": metrics.get("sft_loss"),
-        "forks": 0,
-        "forks_failed": 0,
-        "forks_unanimous": 0,
-        "answers_failed": failed,
-        "answers_cached": len(prompts) - len(missing),
-        "teacher_tokens": teacher_tokens,
-        "teacher_retries": counters.teacher_retries,
-        "time_rollout_s": 0.0,
-        "time_teacher_s": time_teacher,
-        "time_verifier_s": 0.0,
-        "time_update_s": time.perf_counter() - t1,
-        "grad_norm": grad_norm,
-    }
+    return SFTMetrics(
+        loss=metrics.get("sft_loss", 0.0),
+        sft_loss=metrics.get("sft_loss"),
+        answers_failed=failed,
+        answers_cached=len(prompts) - len(missing),
+        teacher_tokens=teacher_tokens,
+        teacher_retries=counters.teacher_retries,
+        time_teacher_s=time_teacher,
+        time_update_s=time.perf_counter() - t1,
+        grad_norm=grad_norm,
+    )
 
 
 def answer_checker() -> Callable[[str, str], float]:
@@ -233,21 +214,12 @@ def checked_rewards(run: Run, r: Rollout, answers: list[str]) -> torch.Tensor:
     return torch.tensor([check(text, a) for text, a in zip(texts, answers, strict=True)])
 
 
-def grpo_step(run: Run, examples: list[Example]) -> dict[str, Any]:
+def grpo_step(run: Run, examples: list[Example]) -> GRPOMetrics:
     """G samples per prompt, checker rewards, group-normalised advantages, KL anchor."""
     cfg = run.config
     G = cfg.grpo_samples
     t0 = time.perf_counter()
-    prompts = [e.prompt for e in examples for _ in range(G)]
-    r = rollout(
-        run.model,
-        encode_prompts(run.tokenizer, prompts),
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        eos_ids=run.eos_ids,
-        pad_id=run.pad_id,
-        min_new_tokens=cfg.min_new_tokens,
-    )
+    r = sample_responses(run, [e.prompt for e in examples for _ in range(G)])
     answers = [e.answer or "" for e in examples for _ in range(G)]
     rewards_BG = checked_rewards(run, r, answers).view(len(examples), G)
     advantages_BG = centred_advantages(rewards_BG, "group", normalize=True)
@@ -281,21 +253,15 @@ def grpo_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     )
     if clip_fraction is not None:
         metrics["clip_fraction"] = clip_fraction
-    return {
+    return GRPOMetrics(
         **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),
-        "loss": metrics.get("kl_loss", 0.0) + metrics["pg_loss"],
-        "pg_loss": metrics["pg_loss"],
-        "kl": metrics.get("kl"),
-        "clip_fraction": metrics.get("clip_fraction"),
-        "reward_mean": float(rewards_BG.mean()),
-        "advantage_std": float(advantages_BG.std(unbiased=False)),
-        "forks": 0,
-        "forks_failed": 0,
-        "forks_unanimous": 0,
-        "teacher_tokens": 0,
-        "time_rollout_s": time_rollout,
-        "time_teacher_s": 0.0,
-        "time_verifier_s": 0.0,
-        "time_update_s": time.perf_counter() - t1,
-        "grad_norm": grad_norm,
-    }
+        loss=metrics.get("kl_loss", 0.0) + metrics["pg_loss"],
+        pg_loss=metrics["pg_loss"],
+        kl=metrics.get("kl"),
+        clip_fraction=metrics.get("clip_fraction"),
+        reward_mean=float(rewards_BG.mean()),
+        advantage_std=float(advantages_BG.std(unbiased=False)),
+        time_rollout_s=time_rollout,
+        time_update_s=time.perf_counter() - t1,
+        grad_norm=grad_norm,
+    )

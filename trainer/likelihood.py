@@ -15,23 +15,18 @@ Steps 4 and 5 run on the I/O thread while step 6 does what needs no teacher: the
 of the responses through the student and the reference, and the KL term's backward. When the
 verifier's counts arrive only the chunk term's backward is left.
 
-Memory: the student's log-probabilities and the exact KL are computed from the last hidden
-states, through the LM head a slice of positions at a time under activation checkpointing, so
-no batch × length × vocabulary tensor is held (a real vocabulary has 49k-150k entries). A
-sharded model (``--fsdp``) runs its head only inside its own forward: there the logits of a
-micro-batch are formed whole and sliced afterwards (``grad_accum_steps`` bounds them).
+Memory: step 6's forward pass (token_terms.py) keeps no batch × length × vocabulary tensor.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import weakref
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from omniopd.trainer import distributed as dist_utils
 from omniopd.trainer import fsdp
@@ -40,34 +35,30 @@ from omniopd.trainer.baselines import checked_rewards
 from omniopd.trainer.context import Run
 from omniopd.trainer.data import Example
 from omniopd.trainer.drafts import Drafts, draft_texts, make_drafts
-from omniopd.trainer.loop import sample_responses, teacher_requests
+from omniopd.trainer.loop import sample_responses, teacher_requests, wait_for_scores
 from omniopd.trainer.losses import (
     chunk_likelihood_loss,
     chunk_prior_mean,
     consensus_index,
-    forward_kl,
     likelihood_target,
     outcome_weights,
     shaped_offpolicy_loss,
     unaudited_kl_loss,
 )
-from omniopd.trainer.metrics import response_metrics
+from omniopd.trainer.metrics import LikelihoodMetrics, response_metrics
 from omniopd.trainer.models import (
     Batch,
-    continuation_logits,
     left_pad,
-    positions_from_mask,
     right_pad,
 )
 from omniopd.trainer.retry import Counters
 from omniopd.trainer.rollout import Rollout
 from omniopd.trainer.scores import ForkScores, ScoreSettings, service_metrics
+from omniopd.trainer.token_terms import token_terms
 from omniopd.trainer.update import micro_batches, optimizer_step
 
 log = logging.getLogger("omniopd.trainer")
 
-# Positions per slice through the LM head: sets the peak memory of the update, not its result.
-SLICE_TOKENS = 1024
 TINY = torch.finfo(torch.float32).tiny  # π̄ is sent as a prior mean in (0, 1]
 MIXED_GAMMA = 0.1  # LUFFY's γ in the shaping p / (p + γ) of off-policy targets
 
@@ -130,123 +121,6 @@ def chunk_weights(
     return weight_BT
 
 
-# -- step 6's forward pass, a slice of positions at a time ------------------------------------
-
-
-_HEAD_IS_LOGITS: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
-
-
-def head_gives_logits(model: torch.nn.Module) -> bool:
-    """Whether the LM head applied to the decoder's last hidden states gives the model's logits.
-
-    Checked once per model on a few tokens: some architectures change the logits after the
-    head (Gemma's soft-capping, Granite's and Cohere's scaling), and for those the sliced path
-    would score another distribution than the rollout sampled from.
-    """
-    if model not in _HEAD_IS_LOGITS:
-        device = next(model.parameters()).device
-        ids = torch.arange(1, 5, device=device)[None]
-        with torch.no_grad():
-            logits = model(input_ids=ids, use_cache=False).logits.float()
-            hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
-            via_head = model.get_output_embeddings()(hidden).float()
-        _HEAD_IS_LOGITS[model] = torch.allclose(logits, via_head, rtol=1e-3, atol=1e-3)
-        if not _HEAD_IS_LOGITS[model]:
-            log.warning(
-                "%s: the LM head on the last hidden states does not give the model's logits;"
-                " the update forms whole logits instead of slicing through the head",
-                type(model).__name__,
-            )
-    return _HEAD_IS_LOGITS[model]
-
-
-def continuation_hidden(
-    model: torch.nn.Module, batch: Batch
-) -> tuple[torch.Tensor, torch.nn.Module | None]:
-    """(states (B, T, ·) predicting each continuation token, the head that maps them to logits).
-
-    The states are the decoder's last hidden states and the head the LM head. For a sharded
-    model, whose head only runs inside its own forward, and for one whose logits are not the
-    head's output (:func:`head_gives_logits`), they are the untempered logits and the head None.
-    """
-    if fsdp.is_sharded(model) or not head_gives_logits(model):
-        return continuation_logits(model, batch, 1.0), None
-    ids_BS = torch.cat([batch.prefix_ids_BP, batch.tokens_BT], dim=1)
-    mask_BS = torch.cat([batch.prefix_mask_BP, batch.mask_BT], dim=1).long()
-    P, T = batch.prefix_ids_BP.shape[1], batch.tokens_BT.shape[1]
-    out = model.get_decoder()(
-        input_ids=ids_BS,
-        attention_mask=mask_BS,
-        position_ids=positions_from_mask(mask_BS),
-        use_cache=False,
-    )
-    return out.last_hidden_state[:, P - 1 : P + T - 1], model.get_output_embeddings()
-
-
-def _slice_terms(
-    states_NH: torch.Tensor,
-    ref_states_NH: torch.Tensor | None,
-    tokens_N: torch.Tensor,
-    head: torch.nn.Module | None,
-    ref_head: torch.nn.Module | None,
-    temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π_θ(y) (N,) and KL(π_ref ‖ π_θ) (N,) for one slice of positions (KL 0 without ref)."""
-    logits_NV = (head(states_NH) if head is not None else states_NH).float() / temperature
-    logp_NV = torch.log_softmax(logits_NV, dim=-1)
-    logp_N = logp_NV.gather(-1, tokens_N[:, None]).squeeze(-1)
-    if ref_states_NH is None:
-        return logp_N, torch.zeros_like(logp_N)
-    with torch.no_grad():
-        ref_NV = (ref_head(ref_states_NH) if ref_head is not None else ref_states_NH).float()
-    return logp_N, forward_kl(logits_NV, ref_NV / temperature)
-
-
-def token_terms(
-    model: torch.nn.Module,
-    ref: torch.nn.Module | None,
-    batch: Batch,
-    *,
-    temperature: float,
-    slice_tokens: int = SLICE_TOKENS,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π_θ(y_t) (B, T) and KL(π_ref ‖ π_θ)(t) (B, T) at every continuation token, 0 on padding.
-
-    Both carry gradients. Each slice of ``slice_tokens`` positions is checkpointed: its
-    (slice, V) logits are recomputed in the backward pass instead of being kept.
-    """
-    states, head = continuation_hidden(model, batch)
-    ref_states, ref_head = None, None
-    if ref is not None:
-        with torch.no_grad():
-            ref_states, ref_head = continuation_hidden(ref, batch)
-    rows, cols = batch.mask_BT.nonzero(as_tuple=True)
-    tokens_N = batch.tokens_BT[rows, cols]
-    logps, kls = [], []
-    for start in range(0, rows.numel(), slice_tokens):
-        r, c = rows[start : start + slice_tokens], cols[start : start + slice_tokens]
-        args = (
-            states[r, c],
-            ref_states[r, c] if ref_states is not None else None,
-            tokens_N[start : start + slice_tokens],
-            head,
-            ref_head,
-            temperature,
-        )
-        if torch.is_grad_enabled() and states.requires_grad:
-            logp_N, kl_N = checkpoint(_slice_terms, *args, use_reentrant=False)
-        else:
-            logp_N, kl_N = _slice_terms(*args)
-        logps.append(logp_N)
-        kls.append(kl_N)
-    shape = tuple(batch.tokens_BT.shape)
-    zeros = torch.zeros(shape, device=states.device, dtype=torch.float32)
-    if not logps:
-        return zeros, zeros.clone()
-    index = (rows, cols)
-    return zeros.index_put(index, torch.cat(logps)), zeros.index_put(index, torch.cat(kls))
-
-
 def consensus_batch(
     run: Run, r: Rollout, audits: Audits, scores: ForkScores, scored: list[int]
 ) -> Batch | None:
@@ -279,7 +153,7 @@ def consensus_batch(
 # -- the step ------------------------------------------------------------------------------
 
 
-def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
+def likelihood_step(run: Run, examples: list[Example]) -> LikelihoodMetrics:
     """One step of the published objective on this rank's prompts; the step's local metrics."""
     cfg = run.config
     prompts = [e.prompt for e in examples]
@@ -309,7 +183,50 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
             teacher_rows=cfg.mixed_weight > 0,
         )
 
-    # 6. Update. Sums over the step's B responses (all ranks) divided by B.
+    # 6. Update, starting while the teacher answers.
+    answers = [e.answer or "" for e in examples]
+    scores, update = likelihood_update(run, r, audits, answers, future)
+
+    for err in counters.teacher_errors[:3] + counters.verifier_errors[:3]:
+        log.warning("chunk failed: %s", err)
+    response_tokens = float(r.response_mask_BT.sum())
+    entropy = r.entropy_BT.tolist()
+    anchor_entropy = [
+        entropy[b][a] for b, a in zip(audits.chunks.row_F, audits.chunks.position_F, strict=True)
+    ]
+    return replace(
+        update,
+        **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),
+        **service_metrics(scores, counters),
+        forks=audits.num_chunks,
+        forks_audited=audits.num_chunks,
+        forks_failed=len(scores.failed),
+        chunks_per_response=audits.num_chunks / max(1, len(prompts)),
+        audited_fraction=float(audits.audited_BT.sum()) / max(1.0, response_tokens),
+        entropy_at_forks=sum(anchor_entropy) / len(anchor_entropy) if anchor_entropy else None,
+        time_rollout_s=time_rollout,
+        time_drafts_s=time_drafts,
+    )
+
+
+def likelihood_update(
+    run: Run,
+    r: Rollout,
+    audits: Audits,
+    answers: list[str],
+    future: Future[ForkScores] | None,
+) -> tuple[ForkScores, LikelihoodMetrics]:
+    """Step 6: −Σ_c π̂_c log π_θ(chunk c) + β·Σ KL(π_ref ‖ π_θ) over unaudited tokens, both
+    summed over the step's B responses (all ranks) and divided by B, then an optimizer step;
+    with the extensions, the outcome weights (``answers``: each response's reference answer)
+    and the consensus continuations' off-policy term.
+
+    Without accumulation the forward pass and the KL's backward run while ``future`` (steps 4
+    and 5) is still out; the graph of the log-probabilities is kept for the chunk term. (A
+    sharded model takes the other path: one backward per forward.) Returns the scores that
+    arrived and the update's part of the step's metrics.
+    """
+    cfg = run.config
     t_update = time.perf_counter()
     responses = r.as_batch()
     unaudited_BT = responses.mask_BT.bool() & ~audits.audited_BT
@@ -331,23 +248,17 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
             kl_metrics[key] = kl_metrics.get(key, 0.0) + value
         return loss
 
-    # Without accumulation the forward pass and the KL's backward run while the teacher writes;
-    # the graph of the log-probabilities is kept for the chunk term. (A sharded model takes the
-    # other path: one backward per forward.)
     early = cfg.grad_accum_steps == 1 and not fsdp.is_sharded(run.model)
     logprobs_BT = None
     if early:
         logprobs_BT, kl_BT = token_terms(run.model, ref, responses, temperature=cfg.temperature)
         if ref is not None:
             kl_term(kl_BT, unaudited_BT).backward(retain_graph=True)
-    t_wait = time.perf_counter()
-    scores = future.result() if future is not None else ForkScores()
-    time_wait = time.perf_counter() - t_wait
-    run.teacher_chars_per_token.update(scores.teacher_chars, scores.teacher_tokens)
+    scores, time_wait = wait_for_scores(run, future)
 
     # π̂ per scored chunk: k = Σ_n φ over the continuations the teacher returned (N of them),
     # and the student's own π̄.
-    scored = [i for i in chunk_ids if i in scores.similarity]
+    scored = [i for i in range(audits.num_chunks) if i in scores.similarity]
     phi = [scores.similarity[i][0] for i in scored]  # the one draft's row
     k_C = torch.tensor([sum(row) for row in phi], dtype=torch.float32)
     n_C = torch.tensor([len(row) for row in phi], dtype=torch.float32)
@@ -361,7 +272,7 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
     ).to(run.device)
     reward_mean = None
     if cfg.outcome_weight > 0:  # this project's extension: the whole response's outcome
-        rewards_B = checked_rewards(run, r, [e.answer or "" for e in examples])
+        rewards_B = checked_rewards(run, r, answers)
         (reward_sum,) = dist_utils.sum_floats([float(rewards_B.sum())], run.device)
         reward_mean = reward_sum / num_responses
         weight_BT = weight_BT + outcome_weights(
@@ -399,43 +310,24 @@ def likelihood_step(run: Run, examples: list[Example]) -> dict[str, Any]:
             )
             loss.backward()
     grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, cfg.max_grad_norm)
-    time_update = time.perf_counter() - t_update - time_wait
-
-    for err in counters.teacher_errors[:3] + counters.verifier_errors[:3]:
-        log.warning("chunk failed: %s", err)
-    response_tokens = float(responses.mask_BT.sum())
-    entropy = r.entropy_BT.tolist()
-    anchor_entropy = [
-        entropy[b][a] for b, a in zip(audits.chunks.row_F, audits.chunks.position_F, strict=True)
-    ]
-    return {
-        **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),
-        "loss": chunk_metrics["chunk_loss"]
+    return scores, LikelihoodMetrics(
+        loss=chunk_metrics["chunk_loss"]
         + kl_metrics.get("kl_loss", 0.0)
         + mixed_metrics.get("mixed_loss", 0.0),
-        "chunk_loss": chunk_metrics["chunk_loss"],
-        "kl": kl_metrics.get("kl"),
-        "kl_loss": kl_metrics.get("kl_loss"),
-        "forks": audits.num_chunks,
-        "forks_audited": audits.num_chunks,
-        "forks_scored": len(scored),
-        "forks_failed": len(scores.failed),
-        "chunks_per_response": audits.num_chunks / max(1, len(responses)),
-        "audited_fraction": float(audits.audited_BT.sum()) / max(1.0, response_tokens),
-        "k_mean": float(k_C.mean()) if scored else None,
-        "prior_mean": float(prior_C.mean()) if scored else None,
-        "target_mean": float(target_C.mean()) if scored else None,
-        "target_min": float(target_C.min()) if scored else None,
-        "target_max": float(target_C.max()) if scored else None,
-        "reward_mean": reward_mean,
-        "mixed_loss": mixed_metrics.get("mixed_loss"),
-        "mixed_tokens": mixed_metrics.get("mixed_tokens"),
-        "mixed_prob": mixed_metrics.get("mixed_prob"),
-        "entropy_at_forks": sum(anchor_entropy) / len(anchor_entropy) if anchor_entropy else None,
-        **service_metrics(scores, counters),
-        "time_rollout_s": time_rollout,
-        "time_drafts_s": time_drafts,
-        "time_wait_s": time_wait,
-        "time_update_s": time_update,
-        "grad_norm": grad_norm,
-    }
+        chunk_loss=chunk_metrics["chunk_loss"],
+        kl=kl_metrics.get("kl"),
+        kl_loss=kl_metrics.get("kl_loss"),
+        forks_scored=len(scored),
+        k_mean=float(k_C.mean()) if scored else None,
+        prior_mean=float(prior_C.mean()) if scored else None,
+        target_mean=float(target_C.mean()) if scored else None,
+        target_min=float(target_C.min()) if scored else None,
+        target_max=float(target_C.max()) if scored else None,
+        reward_mean=reward_mean,
+        mixed_loss=mixed_metrics.get("mixed_loss"),
+        mixed_tokens=mixed_metrics.get("mixed_tokens"),
+        mixed_prob=mixed_metrics.get("mixed_prob"),
+        time_wait_s=time_wait,
+        time_update_s=time.perf_counter() - t_update - time_wait,
+        grad_norm=grad_norm,
+    )

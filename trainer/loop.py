@@ -5,7 +5,7 @@
     3. drafts       K chunks per fork: its own + K-1 fresh               (drafts.py)
     4. teacher      M teacher chunks per fork, one stream for the step    (teacher.py)
     5. scores       verifier rewards, batched as teacher replies arrive   (scores.py)
-    6. update       policy gradient on drafts + β·KL anchor               (losses.py, update.py)
+    6. update       policy gradient on drafts + β·KL anchor  (drafts_update; losses.py, update.py)
 
 Steps 4 and 5 run on the I/O thread, all forks at once; meanwhile step 6 already does what
 needs no teacher (the KL anchor's forward and backward, the drafts' forward), so a slow
@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from concurrent.futures import Future
+from dataclasses import replace
 
 import torch
 
@@ -30,7 +31,7 @@ from omniopd.trainer.data import Example
 from omniopd.trainer.drafts import Drafts, draft_texts, is_unanimous, make_drafts
 from omniopd.trainer.forks import content_mask, peak_entropy_forks, random_forks
 from omniopd.trainer.losses import centred_advantages, policy_gradient_loss
-from omniopd.trainer.metrics import response_metrics
+from omniopd.trainer.metrics import DraftsMetrics, response_metrics
 from omniopd.trainer.models import continuation_logits, encode_prompts, token_logprobs
 from omniopd.trainer.retry import Counters
 from omniopd.trainer.rollout import Rollout, rollout
@@ -117,6 +118,15 @@ def teacher_requests(
     ]
 
 
+def wait_for_scores(run: Run, future: Future[ForkScores] | None) -> tuple[ForkScores, float]:
+    """Steps 4 and 5's result (empty when nothing was sent) and the seconds step 6 waited for
+    it; the teacher's characters per token are updated from its replies."""
+    t_wait = time.perf_counter()
+    scores = future.result() if future is not None else ForkScores()
+    run.teacher_chars_per_token.update(scores.teacher_chars, scores.teacher_tokens)
+    return scores, time.perf_counter() - t_wait
+
+
 def fork_advantages(run: Run, rewards_GK: torch.Tensor) -> torch.Tensor:
     """Advantages of the scored forks; ``batch`` centres over the drafts of every rank."""
     cfg = run.config
@@ -133,7 +143,7 @@ def fork_advantages(run: Run, rewards_GK: torch.Tensor) -> torch.Tensor:
     )
 
 
-def omniopd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
+def omniopd_step(run: Run, examples: list[Example]) -> DraftsMetrics:
     """One step of the method on this rank's prompts; returns the step's local metrics."""
     cfg = run.config
     prompts = [e.prompt for e in examples]
@@ -174,8 +184,41 @@ def omniopd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
             counters=counters,
         )
 
-    # 6. Update. What needs no teacher runs while the teacher answers: the KL anchor on every
-    # response token (forward and backward), then the drafts' forward pass.
+    # 6. Update, starting while the teacher answers.
+    scores, update = drafts_update(run, r, d, audited, future)
+
+    fork_entropy = [float(r.entropy_BT[b, f]) for b, f in zip(d.row_F, d.position_F, strict=True)]
+    for err in counters.teacher_errors[:3] + counters.verifier_errors[:3]:
+        log.warning("fork failed: %s", err)
+    return replace(
+        update,
+        **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),
+        **service_metrics(scores, counters),
+        forks=d.num_forks,
+        forks_audited=len(audited),
+        forks_failed=len(scores.failed),
+        forks_unanimous=len(unanimous),
+        entropy_at_forks=sum(fork_entropy) / len(fork_entropy) if fork_entropy else None,
+        time_rollout_s=time_rollout,
+        time_drafts_s=time_drafts,
+    )
+
+
+def drafts_update(
+    run: Run,
+    r: Rollout,
+    d: Drafts,
+    audited: list[int],
+    future: Future[ForkScores] | None,
+) -> tuple[ForkScores, DraftsMetrics]:
+    """Step 6: the KL anchor on every response token, the policy gradient on the K drafts of
+    every fork the verifier scored, an optimizer step, then ``--ppo-epochs`` - 1 more epochs.
+
+    What needs no teacher runs first, while ``future`` (steps 4 and 5) is still out: the KL
+    anchor's forward and backward, then the drafts' forward pass. Returns the scores that
+    arrived and the update's part of the step's metrics.
+    """
+    cfg = run.config
     t_update = time.perf_counter()
     responses = r.as_batch()
     (num_tokens,) = dist_utils.sum_floats([float(responses.mask_BT.sum())], run.device)
@@ -189,10 +232,7 @@ def omniopd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         early_logprobs_NT = token_logprobs(
             continuation_logits(run.model, early, cfg.temperature), early.tokens_BT
         )
-    t_wait = time.perf_counter()
-    scores = future.result() if future is not None else ForkScores()
-    time_wait = time.perf_counter() - t_wait
-    run.teacher_chars_per_token.update(scores.teacher_chars, scores.teacher_tokens)
+    scores, time_wait = wait_for_scores(run, future)
 
     # ... then the policy gradient on the drafts of every fork the verifier scored. Every rank
     # backpropagates when any fork of the step was scored (a rank with none, a zero loss).
@@ -244,31 +284,15 @@ def omniopd_step(run: Run, examples: list[Example]) -> dict[str, Any]:
         old_logprobs=old_logprobs,
         num_tokens=num_tokens,
     )
-    if clip_fraction is not None:
-        metrics["clip_fraction"] = clip_fraction
-    time_update = time.perf_counter() - t_update - time_wait
-
-    fork_entropy = [float(r.entropy_BT[b, f]) for b, f in zip(d.row_F, d.position_F, strict=True)]
-    for err in counters.teacher_errors[:3] + counters.verifier_errors[:3]:
-        log.warning("fork failed: %s", err)
-    return {
-        **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),
-        "loss": metrics.get("kl_loss", 0.0) + metrics.get("pg_loss", 0.0),
-        "pg_loss": metrics.get("pg_loss", 0.0),
-        "kl": metrics.get("kl"),
-        "clip_fraction": metrics.get("clip_fraction"),
-        "reward_mean": float(rewards_GK.mean()) if used else None,
-        "advantage_std": float(advantages_GK.std(unbiased=False)) if used else None,
-        "forks": d.num_forks,
-        "forks_audited": len(audited),
-        "forks_scored": len(used),
-        "forks_failed": len(scores.failed),
-        "forks_unanimous": len(unanimous),
-        "entropy_at_forks": sum(fork_entropy) / len(fork_entropy) if fork_entropy else None,
-        **service_metrics(scores, counters),
-        "time_rollout_s": time_rollout,
-        "time_drafts_s": time_drafts,
-        "time_wait_s": time_wait,
-        "time_update_s": time_update,
-        "grad_norm": grad_norm,
-    }
+    return scores, DraftsMetrics(
+        loss=metrics.get("kl_loss", 0.0) + metrics.get("pg_loss", 0.0),
+        pg_loss=metrics.get("pg_loss", 0.0),
+        kl=metrics.get("kl"),
+        clip_fraction=clip_fraction if clip_fraction is not None else metrics.get("clip_fraction"),
+        reward_mean=float(rewards_GK.mean()) if used else None,
+        advantage_std=float(advantages_GK.std(unbiased=False)) if used else None,
+        forks_scored=len(used),
+        time_wait_s=time_wait,
+        time_update_s=time.perf_counter() - t_update - time_wait,
+        grad_norm=grad_norm,
+    )

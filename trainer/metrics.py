@@ -1,7 +1,11 @@
-"""Per-step metrics: ``metrics.jsonl`` (one object per step), TensorBoard when installed.
+"""Per-step metrics: what each method's step reports, and ``metrics.jsonl`` (one object per
+step; TensorBoard too when installed).
 
-Every method writes every key of :data:`STEP_KEYS`; a key that does not apply to a method (no
-forks in ``opd``, no reward in ``sft``) is ``null``, so files from different methods line up.
+Each method's step returns its own dataclass (:class:`DraftsMetrics`, :class:`LikelihoodMetrics`,
+:class:`OPDMetrics`, :class:`SFTMetrics`, :class:`GRPOMetrics`), whose fields say how the ranks'
+values combine (:func:`merge_ranks`). Every method writes every key of :data:`STEP_KEYS`; a key
+that does not apply to a method (no forks in ``opd``, no reward in ``sft``) is ``null``, so files
+from different methods line up.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,119 @@ STEP_KEYS = (
     "lr",
     "grad_norm",
 )
+
+
+# How ranks combine a field's values: counts and loss shares (already divided by the step's total
+# over every rank) add up, times take the slowest rank's, the rest is averaged.
+_MERGE: dict[str, Callable[[list[Any]], Any]] = {
+    "sum": sum,
+    "max": max,
+    "min": min,
+    "mean": lambda values: sum(values) / len(values),
+}
+
+
+def _merged(how: str = "mean", default: Any = None) -> Any:
+    """A metric field and its rule across ranks (a key of ``_MERGE``)."""
+    return field(default=default, metadata={"merge": how})
+
+
+@dataclass(kw_only=True)
+class StepMetrics:
+    """What every method's step reports (``None``: does not apply to this step)."""
+
+    loss: float = _merged("sum", 0.0)
+    kl: float | None = _merged("sum")  # KL(π_θ ‖ π_ref), the anchor's, per token
+    # the rollout's responses (response_metrics); none for sft, which samples nothing
+    entropy_mean: float | None = _merged()
+    repetition_rate: float | None = _merged()
+    truncated_rate: float | None = _merged()
+    response_tokens_mean: float | None = _merged()
+    grad_norm: float | None = _merged()
+    # what every metrics file has, so that runs of different methods line up and add up: 0
+    # where the method has none (white-box OPD and GRPO ask the services nothing)
+    time_rollout_s: float = _merged("max", 0.0)
+    time_teacher_s: float = _merged("max", 0.0)
+    time_verifier_s: float = _merged("max", 0.0)
+    time_update_s: float = _merged("max", 0.0)
+    forks: int = _merged("sum", 0)
+    forks_failed: int = _merged("sum", 0)
+    teacher_tokens: int = _merged("sum", 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(kw_only=True)
+class OPDMetrics(StepMetrics):
+    opd_kl: float = _merged("sum", 0.0)  # reverse KL to the white-box teacher, per token
+
+
+@dataclass(kw_only=True)
+class SFTMetrics(StepMetrics):
+    sft_loss: float | None = _merged("sum")
+    answers_failed: int = _merged("sum", 0)
+    answers_cached: int = _merged("sum", 0)
+    teacher_retries: int = _merged("sum", 0)
+
+
+@dataclass(kw_only=True)
+class GRPOMetrics(StepMetrics):
+    pg_loss: float = _merged("sum", 0.0)
+    clip_fraction: float | None = _merged()
+    reward_mean: float | None = _merged()
+    advantage_std: float | None = _merged()
+
+
+@dataclass(kw_only=True)
+class AuditMetrics(StepMetrics):
+    """Both OmniOPD objectives: the audited chunks (forks) and the services that scored them."""
+
+    forks_audited: int = _merged("sum", 0)
+    forks_scored: int = _merged("sum", 0)
+    entropy_at_forks: float | None = _merged()
+    reward_mean: float | None = _merged()
+    # steps 4 and 5 (scores.service_metrics, with teacher_tokens)
+    teacher_cached: int = _merged("sum", 0)
+    teacher_retries: int = _merged("sum", 0)
+    verifier_retries: int = _merged("sum", 0)
+    verifier_calls: int = _merged("sum", 0)
+    time_drafts_s: float = _merged("max", 0.0)
+    time_wait_s: float = _merged("max", 0.0)
+
+
+@dataclass(kw_only=True)
+class DraftsMetrics(AuditMetrics):
+    pg_loss: float = _merged("sum", 0.0)
+    clip_fraction: float | None = _merged()
+    advantage_std: float | None = _merged()
+    forks_unanimous: int = _merged("sum", 0)
+
+
+@dataclass(kw_only=True)
+class LikelihoodMetrics(AuditMetrics):
+    chunk_loss: float = _merged("sum", 0.0)
+    kl_loss: float | None = _merged("sum")
+    chunks_per_response: float = _merged("mean", 0.0)
+    audited_fraction: float = _merged("mean", 0.0)
+    k_mean: float | None = _merged()  # Σ_n φ per scored chunk
+    prior_mean: float | None = _merged()  # the student's π̄
+    target_mean: float | None = _merged()  # π̂
+    target_min: float | None = _merged("min")
+    target_max: float | None = _merged("max")
+    mixed_loss: float | None = _merged("sum")
+    mixed_tokens: float | None = _merged("sum")
+    mixed_prob: float | None = _merged()
+
+
+def merge_ranks(per_rank: Sequence[StepMetrics]) -> dict[str, Any]:
+    """The step's metrics from every rank's (all of one class), field by field by its rule;
+    ``None`` where no rank has a value."""
+    out: dict[str, Any] = {}
+    for f in fields(per_rank[0]):
+        values = [v for m in per_rank if (v := getattr(m, f.name)) is not None]
+        out[f.name] = _MERGE[f.metadata["merge"]](values) if values else None
+    return out
 
 
 def has_repetition_loop(

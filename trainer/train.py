@@ -1,7 +1,8 @@
 """The run: set up from a config, loop over steps, evaluate, checkpoint, resume, stop cleanly.
 
-The step functions (``loop.omniopd_step`` and the baselines) know nothing of files, signals or
-processes; this module is the only one that does.
+The step functions (``loop.omniopd_step``, ``likelihood.likelihood_step`` and the baselines)
+know nothing of files, signals or processes; this module is the only one that does. Each returns
+its method's metrics dataclass (``metrics.py``), combined over ranks by ``merge_ranks``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from omniopd.trainer.data import Example, batch_indices, load_examples, split_he
 from omniopd.trainer.evaluate import evaluate
 from omniopd.trainer.likelihood import likelihood_step
 from omniopd.trainer.loop import omniopd_step
-from omniopd.trainer.metrics import MetricsWriter
+from omniopd.trainer.metrics import MetricsWriter, StepMetrics, merge_ranks
 from omniopd.trainer.models import (
     DTYPES,
     autocast,
@@ -59,34 +60,11 @@ from omniopd.trainer.update import make_scheduler
 
 log = logging.getLogger("omniopd.trainer")
 
-STEPS: dict[str, Callable[[Run, list[Example]], dict[str, Any]]] = {
+STEPS: dict[str, Callable[[Run, list[Example]], StepMetrics]] = {
     "omniopd": omniopd_step,
     "opd": opd_step,
     "sft": sft_step,
     "grpo": grpo_step,
-}
-# How per-rank metrics combine into the step's: counts and loss shares add up, times and *_max
-# take the largest rank's value, *_min the smallest, everything else is averaged.
-SUMMED = {
-    "loss",
-    "pg_loss",
-    "chunk_loss",
-    "kl_loss",
-    "kl",
-    "opd_kl",
-    "sft_loss",
-    "forks",
-    "forks_audited",
-    "forks_scored",
-    "forks_failed",
-    "forks_unanimous",
-    "teacher_tokens",
-    "teacher_cached",
-    "teacher_retries",
-    "verifier_retries",
-    "verifier_calls",
-    "answers_failed",
-    "answers_cached",
 }
 
 
@@ -108,23 +86,6 @@ class StopRequest:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def merge_ranks(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in per_rank[0]:
-        values = [m.get(key) for m in per_rank if m.get(key) is not None]
-        if not values:
-            out[key] = None
-        elif key in SUMMED:
-            out[key] = sum(values)
-        elif key.startswith("time_") or key.endswith("_max"):
-            out[key] = max(values)
-        elif key.endswith("_min"):
-            out[key] = min(values)
-        else:
-            out[key] = sum(values) / len(values)
-    return out
 
 
 def seed_everything(seed: int) -> None:

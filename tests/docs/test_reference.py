@@ -14,6 +14,9 @@ import pytest
 from pydantic import BaseModel, Field
 
 from omniopd import reference
+from omniopd.reference.common import doc_first_paragraph
+from omniopd.reference.config_pages import model_table, source_notes
+from omniopd.reference.grpc_page import proto_comments
 
 REGENERATE = "run `.venv/bin/python -m omniopd.reference` and commit docs/reference/"
 
@@ -101,21 +104,18 @@ class Example(BaseModel):
 
 
 def test_field_notes_and_group_headings_come_from_the_source():
-    notes, headings = reference.source_notes(Example)
+    notes, headings = source_notes(Example)
     assert notes == {
         "noted": "A note above a field and one beside it.",
         "spread": "beside a line of its own",
         "described": "not this",
     }
     assert headings == {"grouped": "A heading: it names a group of fields."}
-    assert (
-        reference.doc_first_paragraph(Example)
-        == "How the pages read a model: this first paragraph."
-    )
+    assert doc_first_paragraph(Example) == "How the pages read a model: this first paragraph."
 
 
 def test_model_table_rows():
-    table = reference.model_table(Example, "key", lambda name: f"`{name}`").splitlines()
+    table = model_table(Example, "key", lambda name: f"`{name}`").splitlines()
     assert table[2] == "| `plain` | int | `1` |  |  |"
     assert table[3] == "| `noted` | int | `2` |  | A note above a field and one beside it. |"
     assert table[4] == "| `spread` | int | `3` | ≥ 0 | beside a line of its own |"
@@ -131,7 +131,7 @@ def test_proto_comments_by_element():
         "message A {\n  // Above.\n  optional string x = 1;  // beside\n  repeated int32 y = 2;\n}\n"
         "message B {}\n"
     )
-    assert reference.proto_comments(text) == {
+    assert proto_comments(text) == {
         "": "The service.",
         "S.Do": "Does it.",
         "A.x": "Above. beside",

@@ -1,4 +1,4 @@
-"""What the hosted providers share (``providers/hosted.py``): retry-after parsing, the
+"""What the hosted providers share (``providers/hosted.py``, ``http_errors.py``, ``fanout.py``): retry-after parsing, the
 classification of HTTP statuses and of both SDKs' exceptions, token shares, request bodies,
 keys. Pure functions, checked by example and by property; the SDK exceptions are built the way
 the SDKs build them, from an HTTP response."""
@@ -15,14 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from omniopd.gateway.providers import ErrorKind, ProviderError
-from omniopd.gateway.providers.hosted import (
+from omniopd.gateway.providers.hosted import read_api_key, request_body, split_count
+from omniopd.gateway.providers.http_errors import (
     classify_status,
     error_text,
     parse_retry_after,
-    read_api_key,
-    request_body,
     sdk_error,
-    split_count,
     worst_error,
 )
 from omniopd.log import register_secret

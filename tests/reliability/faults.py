@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import redis
 
-from omniopd.stack import free_port
+from omniopd.processes import free_port
 from tests.gateway.standins.server import Fault, StandIn
 
 # Request ids look like ``rq-<tag>-00042``; a test puts the id in the prompt, so it reaches the

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from omniopd.probe import grpc_ready, http_ready
-from omniopd.stack import console_script, free_port
+from omniopd.processes import console_script, free_port
 from omniopd.toy.world import ToyWorld, build_tiny
 from tests.trainer.stack import Process, omniopd_args, service_env, train_command
 

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
-from omniopd.trainer.likelihood import token_terms
 from omniopd.trainer.losses import (
     chunk_likelihood_loss,
     chunk_prior_mean,
@@ -22,6 +21,7 @@ from omniopd.trainer.losses import (
     unaudited_kl_loss,
 )
 from omniopd.trainer.models import Batch, continuation_logits, token_logprobs
+from omniopd.trainer.token_terms import token_terms
 
 
 def test_target_is_the_smoothed_count():
@@ -178,7 +178,7 @@ def test_a_model_whose_logits_are_not_the_heads_output_is_scored_by_its_logits(t
     score another distribution, so token_terms uses the model's own logits."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from omniopd.trainer.likelihood import head_gives_logits
+    from omniopd.trainer.token_terms import head_gives_logits
 
     class Capped(LlamaForCausalLM):
         def forward(self, *args, **kwargs):

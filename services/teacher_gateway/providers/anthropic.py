@@ -26,15 +26,14 @@ from omniopd.gateway.config import TeacherConfig
 from omniopd.gateway.providers.base import ErrorKind, Message, ProviderError, SampleParams
 from omniopd.gateway.providers.chat import ChatProvider, Replies, Reply
 from omniopd.gateway.providers.continuation import Mode
+from omniopd.gateway.providers.fanout import Leftovers, settle
 from omniopd.gateway.providers.hosted import (
-    Leftovers,
     finish_reason,
     json_field,
     post_json,
     read_api_key,
     request_body,
     sdk_http_client,
-    settle,
 )
 
 MAX_TEMPERATURE = 1.0

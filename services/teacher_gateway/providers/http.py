@@ -36,7 +36,8 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from omniopd.gateway.providers.base import ErrorKind, ProviderError
-from omniopd.gateway.providers.hosted import clean_message, json_object, status_error
+from omniopd.gateway.providers.hosted import json_object
+from omniopd.gateway.providers.http_errors import clean_message, status_error
 
 KEEPALIVE_S = 4.0
 # A guard against running out of sockets; the teacher's limits.max_concurrency is the real bound.

@@ -18,7 +18,8 @@ from urllib.parse import urlparse
 
 from omniopd.gateway.config import TeacherConfig
 from omniopd.gateway.providers.base import ErrorKind, ProviderError
-from omniopd.gateway.providers.hosted import gather_all, json_field, read_api_key, split_count
+from omniopd.gateway.providers.fanout import gather_all
+from omniopd.gateway.providers.hosted import json_field, read_api_key, split_count
 from omniopd.gateway.providers.http import JSONClient, sdk_identity
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,3 @@
+from omniopd.reference import main
+
+main()
