@@ -164,7 +164,7 @@ def latency_arms(
                 trainer.state.data_position += 1
                 if step:
                     times[name].append(elapsed)
-                    rows[name].append(metrics)
+                    rows[name].append(metrics.as_dict())
     finally:
         for trainer in arms.values():
             trainer.close()
