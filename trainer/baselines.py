@@ -251,14 +251,12 @@ def grpo_step(run: Run, examples: list[Example]) -> GRPOMetrics:
         old_logprobs=old,
         num_tokens=num_tokens,
     )
-    if clip_fraction is not None:
-        metrics["clip_fraction"] = clip_fraction
     return GRPOMetrics(
         **response_metrics(r.response_ids_BT, r.response_mask_BT, r.entropy_BT, r.truncated_B),
         loss=metrics.get("kl_loss", 0.0) + metrics["pg_loss"],
         pg_loss=metrics["pg_loss"],
         kl=metrics.get("kl"),
-        clip_fraction=metrics.get("clip_fraction"),
+        clip_fraction=clip_fraction if clip_fraction is not None else metrics.get("clip_fraction"),
         reward_mean=float(rewards_BG.mean()),
         advantage_std=float(advantages_BG.std(unbiased=False)),
         time_rollout_s=time_rollout,
