@@ -7,7 +7,9 @@ a file lock keeps two processes from building the same recipe at once.
 The three models train in parallel child processes (``omniopd.toy.worker``), one CPU thread
 each when CPUs are few: on a small shared machine, several single-threaded processes lose far
 less to contention than one process whose OpenMP threads wait on each other (measured: 0.2 s
-against 1.5 s per training step on 2 busy cores).
+against 1.5 s per training step on 2 busy cores). A worker that finishes hands its threads to
+those still running (:func:`run_workers`), so the last model does not train on one core while
+the other idles.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -59,7 +62,11 @@ def run_workers(commands: dict[str, list[str]], workers: int, threads: int) -> d
     returns the JSON object each printed last on stdout. A failure stops the others and raises.
 
     Children (not ``multiprocessing``) so that nothing depends on the caller's ``__main__``
-    being importable, and each child's thread count is set before its torch starts.
+    being importable, and each child's thread count is set before its torch starts. Each child
+    gets ``--threads-file PATH`` appended: the file holds the threads it may use, ``threads`` at
+    first. When a child ends with nothing left to start, its threads go to the children still
+    running (one at a time, to whichever has fewest); ``omniopd.toy.worker`` takes them up
+    between training steps and gives them back if its steps do not get faster.
     """
     root = logging.getLogger()
     json_logs = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
@@ -72,30 +79,48 @@ def run_workers(commands: dict[str, list[str]], workers: int, threads: int) -> d
     }
     pending = list(commands.items())
     running: dict[str, subprocess.Popen[str]] = {}
+    shares: dict[str, int] = {}
     reports: dict[str, Any] = {}
-    try:
-        while pending or running:
-            while pending and len(running) < workers:
-                name, command = pending.pop(0)
-                running[name] = subprocess.Popen(
-                    command, env=env, stdout=subprocess.PIPE, text=True
-                )
-            time.sleep(0.1)
-            for name, proc in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[name]
-                out = proc.stdout.read() if proc.stdout else ""
-                if proc.returncode != 0:
-                    raise RuntimeError(
-                        f"building {name} failed (exit status {proc.returncode}); "
-                        "its error is in the log above"
+    with tempfile.TemporaryDirectory(prefix="omniopd-threads-") as folder:
+
+        def share(name: str, n: int) -> None:
+            shares[name] = n
+            tmp = Path(folder, f"{name}.tmp")
+            tmp.write_text(str(n))
+            os.replace(tmp, Path(folder, name))  # a reader never sees a half-written file
+
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    name, command = pending.pop(0)
+                    share(name, threads)
+                    running[name] = subprocess.Popen(
+                        [*command, "--threads-file", str(Path(folder, name))],
+                        env=env,
+                        stdout=subprocess.PIPE,
+                        text=True,
                     )
-                reports[name] = json.loads(out.strip().splitlines()[-1])
-    finally:
-        for proc in running.values():
-            proc.kill()
-            proc.wait()
+                time.sleep(0.1)
+                for name, proc in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    del running[name]
+                    out = proc.stdout.read() if proc.stdout else ""
+                    if proc.returncode != 0:
+                        raise RuntimeError(
+                            f"building {name} failed (exit status {proc.returncode}); "
+                            "its error is in the log above"
+                        )
+                    reports[name] = json.loads(out.strip().splitlines()[-1])
+                    if not pending:
+                        for _ in range(shares[name]):
+                            if running:
+                                fewest = min(running, key=lambda n: shares[n])
+                                share(fewest, shares[fewest] + 1)
+        finally:
+            for proc in running.values():
+                proc.kill()
+                proc.wait()
     return reports
 
 

@@ -106,12 +106,14 @@ def train(
     spec: ModelSpec,
     name: str = "model",
     should_stop: Callable[[int], bool] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> TrainReport:
     """Train ``model`` in place for up to ``spec.steps`` batches of ``spec.batch_size`` rows,
     drawn without replacement from a seeded shuffle (reshuffled each epoch).
 
     ``should_stop(steps_done)`` is asked every ``spec.check_every`` steps from
     ``spec.check_from`` on (and may evaluate the model); True ends training there.
+    ``after_step(steps_done)`` is called after every step.
     """
     data = encode_rows(tokenizer, rows)
     pad_id = tokenizer.pad_token_id
@@ -139,6 +141,8 @@ def train(
         losses.append(loss.item())
         tokens += int(mask_BT.sum())
         done = step + 1
+        if after_step is not None:
+            after_step(done)
         if step % 100 == 0 or done == spec.steps:
             log.info("%s: step %d/%d loss %.4f", name, done, spec.steps, losses[-1])
         checking = done >= spec.check_from and done % spec.check_every == 0

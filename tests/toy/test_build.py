@@ -155,6 +155,50 @@ def test_a_failing_worker_stops_the_others(tmp_path):
     assert time.monotonic() - started < 60  # "slow" was killed, not waited for
 
 
+def test_a_finished_worker_hands_its_threads_to_one_still_running():
+    """The builder rewrites a running worker's threads file when another ends: "long" waits
+    until it reads 2 (1 of its own, 1 from "short") and reports what it read."""
+    wait_for_two = (
+        "import json, sys, time; from pathlib import Path; f = Path(sys.argv[-1]); "
+        "end = time.monotonic() + 30\n"
+        "while f.read_text() != '2' and time.monotonic() < end: time.sleep(0.05)\n"
+        "print(json.dumps({'threads': int(f.read_text())}))"
+    )
+    commands = {
+        "long": [sys.executable, "-c", wait_for_two],
+        "short": [sys.executable, "-c", "print('{\"threads\": 0}')"],
+    }
+    reports = run_workers(commands, workers=2, threads=1)
+    assert reports == {"long": {"threads": 2}, "short": {"threads": 0}}
+
+
+def test_a_worker_keeps_offered_threads_only_if_its_steps_get_faster(tmp_path):
+    """ThreadShare on a fake clock: the offer is taken after a full window of steps, kept when
+    the steps get 10 % faster, given back (and never tried again) when they do not."""
+    import torch
+
+    from omniopd.toy.worker import ThreadShare
+
+    before = torch.get_num_threads()
+    offer = tmp_path / "threads"
+    offer.write_text("2")
+    try:
+        for trial_step, kept in ((0.5, 2), (0.95, 1)):
+            torch.set_num_threads(1)
+            now = [0.0]
+            share = ThreadShare(offer, window=4, clock=lambda now=now: now[0])
+            step = 1.0
+            for done in range(1, 17):
+                now[0] += step
+                share(done)
+                if torch.get_num_threads() == 2:
+                    step = trial_step
+            assert torch.get_num_threads() == kept
+            assert share.refused == (None if kept == 2 else 2)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_copy_world(micro_world, tmp_path):
     out = copy_world(micro_world, tmp_path / "copy")
     assert out.manifest == micro_world.manifest and out.teacher.joinpath("config.json").is_file()
