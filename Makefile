@@ -58,8 +58,18 @@ compose-tool:
 	    ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose) >/dev/null \
 	    || echo "could not install docker-compose; the compose tests will fail" >&2; }
 
-test: lint toy compose-tool
-	$(PY) -m pytest $(PYTEST_ARGS)
+# The trained toy world builds in the background while the suite runs (the tests that need it
+# wait for it on its lock), and the suite runs in PYTEST_WORKERS processes (pytest-xdist, one
+# module per worker at a time): run one after another, its tests keep ~1.1 cores busy.
+# PYTEST_WORKERS=0 runs them in this process. README, "Tests", has the figures.
+PYTEST_WORKERS ?= 2
+test: lint compose-tool
+	@mkdir -p runs
+	@echo "building the toy world in the background (log: runs/toy-build.log)"
+	@$(VENV)/bin/omniopd-toy build > runs/toy-build.log 2>&1 & build=$$!; \
+	  $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS); status=$$?; \
+	  if ! wait $$build; then echo "the toy world build failed:"; tail -20 runs/toy-build.log; exit 1; fi; \
+	  exit $$status
 
 # The stack on CPU, a fixed OmniOPD budget, held-out accuracy before and after (docs/demo.md).
 # DEMO_ARGS go to `python -m omniopd.demo`, e.g. DEMO_ARGS="--seed 1" or "--steps 40".
