@@ -217,7 +217,7 @@ def test_the_checks_pass_against_the_services(tiny_stack, tmp_path):
 
 @pytest.mark.slow
 def test_a_check_that_fails_says_so(tiny_stack):
-    stack, world = tiny_stack
+    stack, _ = tiny_stack
     missing = smoke_checks.GatewaySample(str(stack.gateway), "nobody", "1+1=")
     assert not missing.teachers()["ok"]
     repeat = smoke_checks.GatewaySample(str(stack.gateway), "toy", "1+1=")
