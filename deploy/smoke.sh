@@ -67,6 +67,9 @@ export GATEWAY_METRICS_PORT=${SMOKE_METRICS_PORT:-9564}
 export VERIFIER_PORT=${SMOKE_VERIFIER_PORT:-8190}
 export REDIS_PORT=${SMOKE_REDIS_PORT:-6389}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# Compose v1 gives up on an engine call after 60 s, and with vfs creating a container copies its
+# whole image (1.4 to 1.6 GB here): two at once took longer than that on this project's machine.
+export COMPOSE_HTTP_TIMEOUT=${COMPOSE_HTTP_TIMEOUT:-600}
 
 PROJECT=omniopd-smoke
 LOGS=$SMOKE_DIR/logs

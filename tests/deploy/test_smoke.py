@@ -77,6 +77,22 @@ def test_make_compose_smoke_runs_the_script_and_make_test_does_not():
     assert "bash deploy/smoke.sh" in proc.stdout
 
 
+def test_compose_v1_waits_for_slow_container_creation():
+    """With vfs a container's creation copies its whole image; Compose v1's default 60 s for an
+    engine call was not enough for two at once (``Read timed out``, a real run of the script)."""
+    proc = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'unset COMPOSE_HTTP_TIMEOUT; source "{SCRIPT}"; echo $COMPOSE_HTTP_TIMEOUT',
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.strip()) >= 300
+
+
 # -- the files it writes, resolved by Compose ---------------------------------------------------
 
 
