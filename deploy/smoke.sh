@@ -155,15 +155,22 @@ stop_engine() {
         kill -KILL "$ENGINE_PID" 2>/dev/null
     fi
     wait "$ENGINE_PID" 2>/dev/null
+    # dockerd 20.10 leaves its exec root's netns/default (an nsfs mount) behind when it stops.
+    unmount_below "$ENGINE_DIR/"
     say "engine stopped"
 }
 
-remove_engine_data() {
+# Whatever is still mounted below a folder (deepest first).
+unmount_below() {
     local mount
-    # Nothing may stay mounted below the data root (a killed engine can leave its shm mounts).
     while read -r mount; do
+        say "unmounting $mount"
         as_root umount -l "$mount" 2>/dev/null
-    done < <(awk -v d="$ENGINE_DIR/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r)
+    done < <(awk -v d="$1" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r)
+}
+
+remove_engine_data() {
+    unmount_below "$ENGINE_DIR/"
     say "removing the engine's data ($ENGINE_DIR)"
     as_root rm -rf --one-file-system "$ENGINE_DIR"
 }
