@@ -11,7 +11,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format proto toy toy-chain models bench clean compose-tool reliability
+.PHONY: setup demo test lint format proto toy toy-chain models bench clean compose-tool reliability \
+	compose-smoke
 
 setup: $(STAMP)
 
@@ -70,6 +71,12 @@ test: lint compose-tool
 	  $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS); status=$$?; \
 	  if ! wait $$build; then echo "the toy world build failed:"; tail -20 runs/toy-build.log; exit 1; fi; \
 	  exit $$status
+
+# The images built and the whole stack run under a real Docker engine, checked from the host and
+# torn down (deploy/smoke.sh, docs/deploy.md). Not part of `make test`: about 25 minutes cold
+# (it may start an engine of its own and build offline base images), a few minutes warm.
+compose-smoke: $(STAMP)
+	PY=$(PY) bash deploy/smoke.sh
 
 # The stack on CPU, a fixed OmniOPD budget, held-out accuracy before and after (docs/demo.md).
 # DEMO_ARGS go to `python -m omniopd.demo`, e.g. DEMO_ARGS="--seed 1" or "--steps 40".
