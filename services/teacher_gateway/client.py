@@ -202,7 +202,23 @@ async def stream_chunks(
             if delay:
                 await asyncio.sleep(delay)
             async with lock:
-                await call.write(req.to_proto(teacher=teacher, temperature=temperature))
+                try:
+                    await call.write(req.to_proto(teacher=teacher, temperature=temperature))
+                except asyncio.InvalidStateError:  # grpc.aio: the call has already ended
+                    raise ConnectionError("the gateway ended the stream during a write") from None
+                except grpc.aio.AioRpcError as err:
+                    if err.code() != grpc.StatusCode.INTERNAL:
+                        raise
+                    # A write that meets a stream the gateway has just ended fails with
+                    # INTERNAL ("Internal error from Core"), not with the gateway's status.
+                    raise ConnectionError(
+                        f"the stream broke during a write: {err.details()}"
+                    ) from None
+
+        def forget(task: asyncio.Task, resends=resends) -> None:
+            resends.discard(task)
+            if not task.cancelled():
+                task.exception()  # a failed resend shows as a broken stream in the read below
 
         try:
             for req in list(pending.values()):
@@ -224,7 +240,7 @@ async def stream_chunks(
                         on_retry(Retry("request", rid, reason, attempts[rid], delay))
                         task = asyncio.create_task(send(req, delay))
                         resends.add(task)
-                        task.add_done_callback(resends.discard)
+                        task.add_done_callback(forget)
                         continue
                     del pending[rid]
                     yield TeacherReply(req.fork, [], 0, False, error=reason)

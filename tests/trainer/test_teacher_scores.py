@@ -84,6 +84,37 @@ def test_unreachable_gateway_mid_run_fails_every_fork_after_retries():
     assert counters.teacher_retries == FAST.max_retries  # the stream is retried as a whole
 
 
+class EndsAtOnce(gateway_pb2_grpc.TeacherGatewayServicer):
+    """A gateway that ends every stream with UNAVAILABLE before reading it, as one that is
+    going away does."""
+
+    async def StreamChunks(self, request_iterator, context):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+
+
+def test_a_stream_ended_while_requests_are_still_being_written_is_retried_then_reported():
+    """Writing to a call the gateway has already ended raises ``asyncio.InvalidStateError`` in
+    grpc.aio, not an RPC error: it must count as a broken stream (retried, then every fork
+    reported as failed), not crash the step (found by a gateway kill under load)."""
+
+    async def run() -> tuple[list[TeacherReply], Counters]:
+        server = grpc.aio.server()
+        gateway_pb2_grpc.add_TeacherGatewayServicer_to_server(EndsAtOnce(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            counters = Counters()
+            replies = await collect(f"127.0.0.1:{port}", "toy", requests(2000), counters)
+            return replies, counters
+        finally:
+            await server.stop(None)
+
+    replies, counters = asyncio.run(run())
+    assert sorted(r.fork for r in replies) == list(range(2000))
+    assert all(not r.ok and r.chunks == [] for r in replies)
+    assert counters.teacher_retries == FAST.max_retries  # the stream is retried as a whole
+
+
 def test_request_seed_depends_on_run_seed_step_fork_and_rank_only():
     seed = request_seed(7, step=3, fork=1)
     assert seed == request_seed(7, 3, 1, rank=0) and 0 <= seed < 2**31
