@@ -44,11 +44,11 @@ class ThreadShare:
     More threads are kept only if they pay: the median time of the ``window`` steps after
     taking them (a median, as a val check inside the window is one long step) must beat that
     of the ``window`` steps before by ``min_gain``, else the worker goes back to the count it
-    had and does not try it again (on a machine busy with other work, extra OpenMP threads wait
-    on each other and make steps slower). The count changes only between steps; on the chain world's
-    shapes, weights trained with a switch from one thread to two mid-run were bit-identical to
-    one thread throughout (docs/toy.md), so a hand-off changes when a build ends, not what it
-    builds.
+    had and does not try it again (on a machine busy with other work, extra OpenMP threads
+    wait on each other and make steps slower). The count changes only between steps; on the
+    chain world's shapes, weights trained with a switch from one thread to two mid-run were
+    bit-identical to one thread throughout (docs/toy.md), so a hand-off changes when a build
+    ends, not what it builds.
     """
 
     def __init__(
@@ -69,6 +69,13 @@ class ThreadShare:
             return int(self.path.read_text()) if self.path else None
         except (OSError, ValueError):
             return None
+
+    def take_all(self) -> None:
+        """Every thread offered, at once (for work not timed against anything, as the final
+        measurement); a count that did not pay in training is not taken."""
+        offer = self.offered()
+        if offer is not None and offer > torch.get_num_threads() and offer != self.refused:
+            torch.set_num_threads(offer)
 
     def __call__(self, steps_done: int) -> None:
         now = self.clock()
@@ -131,9 +138,7 @@ def train_one(
     stop = val_reached_target if spec.stop_at is not None else None
     share = ThreadShare(threads_file)
     report = train(model, tokenizer, rows, spec, name=name, should_stop=stop, after_step=share)
-    offer = share.offered()  # the measurement below is not timed against anything: take all
-    if offer is not None and offer > torch.get_num_threads() and offer != share.refused:
-        torch.set_num_threads(offer)
+    share.take_all()
     model.save_pretrained(out)
     result = evaluate(
         model,
