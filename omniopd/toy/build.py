@@ -78,7 +78,7 @@ def run_workers(commands: dict[str, list[str]], workers: int, threads: int) -> d
         "OMNIOPD_LOG_FORMAT": "json" if json_logs else "text",
     }
     pending = list(commands.items())
-    running: dict[str, subprocess.Popen[str]] = {}
+    running: dict[str, subprocess.Popen[bytes]] = {}
     shares: dict[str, int] = {}
     reports: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="omniopd-threads-") as folder:
@@ -94,18 +94,20 @@ def run_workers(commands: dict[str, list[str]], workers: int, threads: int) -> d
                 while pending and len(running) < workers:
                     name, command = pending.pop(0)
                     share(name, threads)
-                    running[name] = subprocess.Popen(
-                        [*command, "--threads-file", str(Path(folder, name))],
-                        env=env,
-                        stdout=subprocess.PIPE,
-                        text=True,
-                    )
+                    # Into a file, not a pipe: a pipe read only at the end would fill and
+                    # block a child that prints more than its buffer holds.
+                    with Path(folder, f"{name}.stdout").open("w") as stdout:
+                        running[name] = subprocess.Popen(
+                            [*command, "--threads-file", str(Path(folder, name))],
+                            env=env,
+                            stdout=stdout,
+                        )
                 time.sleep(0.1)
                 for name, proc in list(running.items()):
                     if proc.poll() is None:
                         continue
                     del running[name]
-                    out = proc.stdout.read() if proc.stdout else ""
+                    out = Path(folder, f"{name}.stdout").read_text()
                     if proc.returncode != 0:
                         raise RuntimeError(
                             f"building {name} failed (exit status {proc.returncode}); "

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -153,6 +154,20 @@ def test_a_failing_worker_stops_the_others(tmp_path):
     with pytest.raises(RuntimeError, match=r"building bad failed \(exit status 3\)"):
         run_workers(commands, workers=3, threads=1)
     assert time.monotonic() - started < 60  # "slow" was killed, not waited for
+
+
+def test_a_worker_that_prints_much_is_not_blocked():
+    """A child's stdout goes to a file: 1 MB before its report, more than a pipe holds, must
+    not block it (the builder reads the report only after the child exits)."""
+    loud = [sys.executable, "-c", "print('x' * 1_000_000); print('{\"a\": 1}')"]
+    reports: list[dict] = []
+    runner = threading.Thread(
+        target=lambda: reports.append(run_workers({"loud": loud}, workers=1, threads=1)),
+        daemon=True,
+    )
+    runner.start()
+    runner.join(timeout=60)
+    assert reports == [{"loud": {"a": 1}}], "the worker was blocked writing its output"
 
 
 def test_a_finished_worker_hands_its_threads_to_one_still_running():
