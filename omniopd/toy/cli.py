@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         from omniopd.toy.build import BandsMissed, copy_world, ensure_toy_world
         from omniopd.toy.recipe import RECIPES
 
+        # SIGTERM (a scheduler, or `make test` stopping the build it started) ends a build as
+        # Ctrl-C does: the workers are killed and the unfinished folder removed, not orphaned.
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
         try:
             world = ensure_toy_world(
                 RECIPES[args.world], rebuild=args.rebuild, workers=args.workers
