@@ -19,26 +19,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-# The longest modules, measured (`make test PYTEST_ARGS=--durations=100`; seconds of wall time
-# each, in a loaded run): they go first, so that under xdist (`--dist loadscope
-# --no-loadscope-reorder`, Makefile) no worker is left running one of them alone at the end
-# while the other core idles; the rest keep their order. The modules that wait for the trained
-# toy world need no place here: a worker waiting on the build's lock leaves its core to the build.
-SLOWEST_FIRST = (
-    "tests/real/test_smollm2.py",  # ~380 s
-    "tests/experiments/test_toy_distill.py",  # ~110 s
-    "tests/trainer/test_fsdp.py",  # ~95 s
-    "tests/trainer/test_e2e.py",  # ~65 s
-    "tests/toy/test_build.py",  # ~65 s
-    "tests/test_demo.py",  # ~55 s
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
-
-
 REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/0")
 REDIS_HINT = (
     f"these tests need Redis at {REDIS_TEST_URL} (set REDIS_TEST_URL to use another). Start one "
