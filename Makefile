@@ -76,9 +76,9 @@ compose-tool:
 # The compose tool installs (if missing) while the set-up does, and the trained toy world builds
 # in the background from the end of the set-up's first part, while the rest installs and the
 # suite runs (the tests that need it wait for it on its lock). The suite runs in PYTEST_WORKERS
-# processes (pytest-xdist, one module per worker at a time); run one after another, its tests
-# keep ~1.1 cores busy. PYTEST_WORKERS=0 runs them in this process. If set-up or lint fail,
-# the build is stopped. README, "Tests", has the figures.
+# processes (pytest-xdist, one module per worker at a time, in the order tests/conftest.py
+# gives); run one after another, its tests keep ~1.1 cores busy. PYTEST_WORKERS=0 runs them in
+# this process. If set-up or lint fail, the build is stopped. README, "Tests", has the figures.
 PYTEST_WORKERS ?= 2
 test:
 	@mkdir -p runs
@@ -87,7 +87,8 @@ test:
 	  echo "building the toy world in the background (log: runs/toy-build.log)"; \
 	  $(VENV)/bin/omniopd-toy build > runs/toy-build.log 2>&1 & build=$$!; \
 	  if $(MAKE) --no-print-directory setup lint && wait $$tool; then \
-	    $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS); status=$$?; \
+	    $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder \
+	      $(PYTEST_ARGS); status=$$?; \
 	  else status=1; kill $$build; fi; \
 	  if ! wait $$build && [ $$status -eq 0 ]; then \
 	    echo "the toy world build failed:"; tail -20 runs/toy-build.log; exit 1; \

@@ -71,3 +71,11 @@ def test_wheel_holds_every_mapped_package(tmp_path):
     for dotted, folder in _package_dirs().items():
         for source in folder.glob("*.py"):
             assert f"{dotted.replace('.', '/')}/{source.name}" in names
+
+
+def test_the_slowest_first_modules_exist():
+    """tests/conftest.py puts these first under xdist; a renamed module would silently lose it."""
+    from tests.conftest import SLOWEST_FIRST
+
+    root = Path(__file__).resolve().parents[1]
+    assert [m for m in SLOWEST_FIRST if not (root / m).is_file()] == []
