@@ -15,11 +15,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.proctools import assert_nothing_left
 from tests.trainer.stack import TINY_OMNIOPD
 
 pytestmark = pytest.mark.slow
@@ -45,32 +45,6 @@ def demo_command(world, out: Path, steps: int) -> list[str]:
         "--no-redis",
         "--", *TINY_OMNIOPD,
     ]  # fmt: skip
-
-
-def session_processes(sid: int) -> list[str]:
-    """``pid state command`` of every live process in session ``sid`` (zombies excepted: they
-    run nothing and are reaped by init once their parent has gone)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        state, session = fields[0], int(fields[3])
-        if session == sid and state != "Z":
-            found.append(f"{entry.name} {state} {cmdline.strip()}")
-    return found
-
-
-def assert_nothing_left(sid: int, within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while (left := session_processes(sid)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, "processes left behind by the demo:\n" + "\n".join(left)
 
 
 def test_a_short_demo_prints_the_table_and_the_json_line_last(tiny_world, tmp_path):
@@ -113,7 +87,8 @@ def test_a_short_demo_prints_the_table_and_the_json_line_last(tiny_world, tmp_pa
 
     # Progress went to stderr, and the services were stopped on the way out.
     assert "[4/5] omniopd-train" in stderr and "[5/5] stopping the stack" in stderr
-    assert_nothing_left(proc.pid)  # start_new_session: the session's id is the demo's pid
+    # start_new_session: the session's id is the demo's pid
+    assert_nothing_left(proc.pid, "the demo")
 
 
 @pytest.mark.parametrize("presses", [1, 2], ids=["once", "twice"])
@@ -173,4 +148,4 @@ def test_ctrl_c_while_training_stops_the_trainer_and_every_service(tiny_world, t
         assert list((out / "run" / "checkpoints").glob("step-*"))
     else:
         assert "SIGINT again: killing the trainer and the services now" in text
-    assert_nothing_left(proc.pid)
+    assert_nothing_left(proc.pid, "the demo")

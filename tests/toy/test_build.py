@@ -6,6 +6,7 @@ These use a micro recipe (models of a few thousand parameters, a few steps) in a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 
 from omniopd.toy.build import cache_dir, copy_world, ensure_toy_world, run_workers
 from omniopd.toy.recipe import ModelSpec, Recipe
+from tests.proctools import assert_nothing_left, session_processes
 
 MICRO = Recipe(
     n_train=128,
@@ -143,19 +145,6 @@ def test_a_killed_build_never_looks_complete(tmp_path):
     assert not list((tmp_path / "toy").glob(".building-*"))
 
 
-def children_of(pid: int) -> set[int]:
-    """The processes whose parent is ``pid`` (Linux /proc)."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended while we looked
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
-
-
 def test_sigterm_stops_the_build_and_its_workers(tmp_path):
     """``omniopd-toy build`` terminated mid-build (as `make test` does when its set-up fails)
     kills its workers and leaves no unfinished folder."""
@@ -163,24 +152,22 @@ def test_sigterm_stops_the_build_and_its_workers(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "omniopd.toy.cli", "build", "--workers", "2"],
         env=env,
+        start_new_session=True,  # the session's id is the builder's pid
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 120
-        while len(workers := children_of(proc.pid)) < 2:
+        while len(session_processes(proc.pid)) < 3:  # the builder and its two workers
             assert proc.poll() is None, "the build ended before it could be stopped"
             assert time.monotonic() < deadline, "the workers never started"
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert_nothing_left(proc.pid, "the build")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in workers):
-        assert time.monotonic() < deadline, f"workers {workers} outlived the build"
-        time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):  # whatever failed, nothing outlives it
+            os.killpg(proc.pid, signal.SIGKILL)
     assert not list((tmp_path / "toy").glob(".building-*"))
 
 
