@@ -7,6 +7,11 @@ the call), and output tokens (known only after it: a call is let through while t
 is not spent, then charged what it used, so the budget can be overrun by at most the calls in
 flight when it ran out, as with the providers' own output-token limits).
 
+The sliding-window counter is the library's approximation: it weighs the previous window's count
+by the share of it still inside the last minute and floors the sum, so calls that straddle a
+window boundary can be let one unit over a limit (a third call at ``requests_per_minute=2``, one
+token at the token limits). Windows are aligned to the epoch minute.
+
 Concurrency is a counting semaphore: ``asyncio.Semaphore`` in one process, or a lease set in
 Redis (a sorted set of ``token -> expiry``, acquired and released by Lua scripts, leases
 expire so a crashed replica cannot hold slots for ever).

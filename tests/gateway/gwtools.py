@@ -142,6 +142,19 @@ async def call_error(call: Any) -> grpc.aio.AioRpcError:
     raise AssertionError("the call succeeded; an error was expected")
 
 
+async def clear_of_window_edge(window_s: float = 60.0, margin_s: float = 5.0) -> None:
+    """Wait, if need be, until the next rate window starts at least ``margin_s`` from now.
+
+    The rate limits' sliding-window counter floors its weighted count, so calls that straddle a
+    window boundary can be let one unit over the limit (omniopd/gateway/limits.py says so). A
+    test that expects a refusal after exactly the limit starts clear of the edge, so that its
+    calls (a few seconds at most) fall in one window. Windows are aligned to the epoch.
+    """
+    left = window_s - time.time() % window_s
+    if left < margin_s:
+        await asyncio.sleep(left + 0.05)
+
+
 def retry_after_of(err: grpc.aio.AioRpcError) -> float | None:
     status = status_from_call(err)
     return None if status is None else retry_info_s(status)

@@ -17,7 +17,14 @@ from omniopd.gateway.config import TeacherConfig
 from omniopd.gateway.errors import GatewayError
 from omniopd.gateway.limits import Cost, LimitHooks, RateStore, TeacherLimiter, redis_storage_uri
 
-from .gwtools import anthropic_teacher, call_error, request, retry_after_of, serving
+from .gwtools import (
+    anthropic_teacher,
+    call_error,
+    clear_of_window_edge,
+    request,
+    retry_after_of,
+    serving,
+)
 from .standins import anthropic_api
 from .standins.server import Fault
 
@@ -58,6 +65,7 @@ async def admit_once(limiter: TeacherLimiter, cost: Cost = ONE, deadline_s: floa
 
 
 async def test_requests_per_window_then_resource_exhausted(make_limiter):
+    await clear_of_window_edge()
     limiter = make_limiter(requests_per_minute=3)
     for _ in range(3):
         await admit_once(limiter)
@@ -88,6 +96,7 @@ async def test_over_the_limit_waits_for_budget_then_goes(make_limiter):
 
 
 async def test_waiting_never_passes_the_deadline(make_limiter):
+    await clear_of_window_edge()
     limiter = make_limiter(requests_per_minute=1, max_queue_wait_s=30.0)
     await admit_once(limiter)
     started = time.monotonic()
@@ -171,6 +180,7 @@ async def test_replicas_share_one_budget_through_redis(redis_url, redis_prefix):
                        prefix=redis_prefix)
         for _ in range(2)
     )  # fmt: skip
+    await clear_of_window_edge()
     try:
         async with a.admit(ONE, time.monotonic() + 5):
             with pytest.raises(GatewayError, match="max_concurrency"):
@@ -189,6 +199,7 @@ async def test_unreachable_redis_falls_back_to_local_limits(caplog):
     teacher = TeacherConfig(
         name="t", provider="hf", model="m", limits={"requests_per_minute": 2, "max_queue_wait_s": 0}
     )
+    await clear_of_window_edge()
     limiter = TeacherLimiter(teacher, store, window_s=60)
     await admit_once(limiter)
     await admit_once(limiter)
@@ -229,6 +240,7 @@ def limited(url: str, **limits):
 
 async def test_gateway_refuses_over_rpm_without_calling_the_backend(backend):
     server, state = backend
+    await clear_of_window_edge()
     async with serving(limited(server.url, requests_per_minute=2, max_queue_wait_s=0)) as gw:
         for i in range(2):
             await gw.stub.SampleChunks(request("claude", content=f"question {i}?"))

@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack
 import grpc
 import pytest
 
-from .gwtools import anthropic_teacher, call_error, request, serving
+from .gwtools import anthropic_teacher, call_error, clear_of_window_edge, request, serving
 from .standins import anthropic_api
 from .standins.server import Fault
 
@@ -85,6 +85,7 @@ async def test_identical_requests_on_both_at_once_make_one_backend_call(backend,
 async def test_one_request_budget_for_both(backend, replicas):
     _, state = backend
     async with AsyncExitStack() as stack:
+        await clear_of_window_edge()
         a, b = await replicas(stack, requests_per_minute=2, max_queue_wait_s=0)
         await a.stub.SampleChunks(request("claude", content="one?"))
         await b.stub.SampleChunks(request("claude", content="two?"))
