@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 RECIPE_VERSION = "1"
 TOKENIZERS = ("bpe", "char")
 WORLDS = ("arith", "chain")
+MODELS = ("teacher", "teacher_char", "student")
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,17 @@ class ModelSpec:
     stop_at: float | None = None
     check_every: int = 100
     check_from: int = 0
+    # Each batch runs as this many length-sorted micro-batches, each padded only to its own
+    # longest row (the same gradient, less padding; omniopd.toy.train.backward_batch).
+    micro_batches: int = 1
 
     def __post_init__(self) -> None:
         if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
-        for name in ("hidden", "layers", "heads", "intermediate", "batch_size", "check_every"):
+        for name in (
+            "hidden", "layers", "heads", "intermediate", "batch_size", "check_every",
+            "micro_batches",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("steps", "warmup", "check_from"):
@@ -54,6 +61,10 @@ class ModelSpec:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.stop_at is not None and not 0.0 <= self.stop_at <= 1.0:
             raise ValueError(f"stop_at must be in [0, 1], got {self.stop_at}")
+        if self.micro_batches > self.batch_size:
+            raise ValueError(
+                f"micro_batches ({self.micro_batches}) must be <= batch_size ({self.batch_size})"
+            )
 
 
 @dataclass(frozen=True)
@@ -95,11 +106,15 @@ class Recipe:
             raise ValueError(f"world must be one of {WORLDS}, got {self.world!r}")
 
     def to_dict(self) -> dict:
-        """The recipe as JSON; ``world`` only when it is not ``arith``, so that the recipes
-        written before there were two worlds keep their hash (and their cached worlds)."""
+        """The recipe as JSON; ``world`` only when it is not ``arith`` and a model's
+        ``micro_batches`` only when it is not 1, so that the recipes written before either
+        existed keep their hash (and their cached worlds)."""
         out = asdict(self)
         if out["world"] == "arith":
             del out["world"]
+        for model in MODELS:
+            if out[model]["micro_batches"] == 1:
+                del out[model]["micro_batches"]
         return out
 
     def hash(self) -> str:

@@ -1,7 +1,7 @@
 """Supervised training of one toy model on ``{"prompt", "answer"}`` rows, on the CPU.
 
 Plain next-token cross-entropy on the answer tokens only (the chat-template prefix is context,
-not target), right-padded batches, AdamW with linear warmup then cosine decay to 10% of the peak
+not target), right-padded batches (optionally run as length-sorted micro-batches), AdamW with linear warmup then cosine decay to 10% of the peak
 learning rate, as in nanoGPT. Deterministic in ``spec.seed``.
 """
 
@@ -69,6 +69,43 @@ def answer_loss(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tens
     )
 
 
+def backward_batch(
+    model: torch.nn.Module, data: Encoded, index: Sequence[int], pad_id: int, micro_batches: int
+) -> tuple[float, int]:
+    """Forward and backward of one batch (gradients accumulate in ``model``); returns the loss,
+    the mean cross-entropy over the batch's answer tokens, and the batch's real tokens.
+
+    With ``micro_batches > 1`` the rows are sorted by length and split into that many
+    micro-batches, each padded only to its own longest row; each adds its summed loss divided by
+    the whole batch's answer tokens, so the gradient is the one-batch gradient up to
+    floating-point order (checked in tests/toy/test_train.py), for less padding.
+    """
+    if micro_batches == 1:
+        ids_BT, mask_BT, labels_BT = make_batch(data, index, pad_id)
+        loss = answer_loss(model(input_ids=ids_BT, attention_mask=mask_BT).logits, labels_BT)
+        loss.backward()
+        return loss.item(), int(mask_BT.sum())
+    rows = sorted(index, key=lambda i: len(data.ids[i]))
+    n_answer = sum(len(data.ids[i]) - data.n_prefix[i] for i in rows)
+    total, tokens = 0.0, 0
+    for part in torch.tensor_split(torch.tensor(rows), micro_batches):
+        ids_BT, mask_BT, labels_BT = make_batch(data, part.tolist(), pad_id)
+        logits_BTV = model(input_ids=ids_BT, attention_mask=mask_BT).logits
+        loss = (
+            F.cross_entropy(
+                logits_BTV[:, :-1].flatten(0, 1).float(),
+                labels_BT[:, 1:].flatten(),
+                ignore_index=IGNORE,
+                reduction="sum",
+            )
+            / n_answer
+        )
+        loss.backward()
+        total += loss.item()
+        tokens += int(mask_BT.sum())
+    return total, tokens
+
+
 def lr_at(step: int, spec: ModelSpec) -> float:
     """Linear warmup over ``spec.warmup`` steps, then cosine from ``spec.lr`` to 10% of it."""
     if step < spec.warmup:
@@ -129,17 +166,14 @@ def train(
         if len(order) < spec.batch_size:
             order = torch.randperm(len(data.ids), generator=gen).tolist()
         index, order = order[: spec.batch_size], order[spec.batch_size :]
-        ids_BT, mask_BT, labels_BT = make_batch(data, index, pad_id)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, spec)
-        logits_BTV = model(input_ids=ids_BT, attention_mask=mask_BT).logits
-        loss = answer_loss(logits_BTV, labels_BT)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, batch_tokens = backward_batch(model, data, index, pad_id, spec.micro_batches)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(loss.item())
-        tokens += int(mask_BT.sum())
+        losses.append(loss)
+        tokens += batch_tokens
         done = step + 1
         if after_step is not None:
             after_step(done)
