@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -175,12 +176,27 @@ def build_world(recipe: Recipe, root: Path, workers: int | None = None) -> dict[
             "threads_per_worker": threads,
             "load_average_at_start": round(load_at_start, 2),
             "load_average_at_end": round(os.getloadavg()[0], 2),
+            # The weights depend on the CPU's kernels, not only on the recipe: the same recipe
+            # built other figures on an AVX2-only machine than on earlier ones (docs/toy.md).
+            "cpu": cpu_model(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         },
     }
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class BandsMissed(RuntimeError):

@@ -27,7 +27,10 @@ MICRO = Recipe(
     n_val=8,
     n_eval=8,
     teacher=ModelSpec(32, 1, 2, 64, "bpe", steps=3, batch_size=8, warmup=1, seed=1),
-    teacher_char=ModelSpec(32, 1, 2, 64, "char", steps=3, batch_size=8, warmup=1, seed=2),
+    # Batches of teacher-char run as two micro-batches, through the worker's spec.
+    teacher_char=ModelSpec(
+        32, 1, 2, 64, "char", steps=3, batch_size=8, warmup=1, seed=2, micro_batches=2
+    ),
     # Any val accuracy reaches 0: the student stops at its first check, step 2 of 5.
     student=ModelSpec(
         16,
@@ -72,7 +75,10 @@ def test_the_world_is_complete_and_described(micro_world, home):
     assert manifest["models"]["teacher_char"]["tokenizer"] == "char"
     for path in (micro_world.teacher, micro_world.student, micro_world.teacher_char):
         assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    assert manifest["models"]["teacher_char"]["spec"]["micro_batches"] == 2
     assert manifest["build_seconds"] > 0
+    host = manifest["build_host"]
+    assert host["cpu"] and host["torch_cpu_capability"]  # e.g. "AVX2", whose kernels made it
     assert not list((home / "toy").glob(".building-*"))
 
 
