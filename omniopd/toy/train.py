@@ -1,8 +1,9 @@
 """Supervised training of one toy model on ``{"prompt", "answer"}`` rows, on the CPU.
 
 Plain next-token cross-entropy on the answer tokens only (the chat-template prefix is context,
-not target), right-padded batches (optionally run as length-sorted micro-batches), AdamW with linear warmup then cosine decay to 10% of the peak
-learning rate, as in nanoGPT. Deterministic in ``spec.seed``.
+not target), right-padded batches (optionally run as length-sorted micro-batches), AdamW with
+linear warmup then cosine decay to 10% of the peak learning rate, as in nanoGPT. Deterministic
+in ``spec.seed``.
 """
 
 from __future__ import annotations

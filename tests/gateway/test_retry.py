@@ -112,7 +112,7 @@ async def test_no_pause_runs_past_the_deadline():
     started = time.monotonic()
     with pytest.raises(RetriesExhausted) as info:
         await call_with_retries(script, deadline=started + 0.3, max_retries=5)
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 0.25  # a pause would take the 0.3 s left, or more
     assert info.value.error.retry_after == 5.0
     err = from_provider_error("haiku", info.value.error, info.value.attempts)
     assert err.code is grpc.StatusCode.RESOURCE_EXHAUSTED and err.retry_after == 5.0
