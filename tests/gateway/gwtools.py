@@ -146,7 +146,7 @@ async def clear_of_window_edge(window_s: float = 60.0, margin_s: float = 5.0) ->
     """Wait, if need be, until the next rate window starts at least ``margin_s`` from now.
 
     The rate limits' sliding-window counter floors its weighted count, so calls that straddle a
-    window boundary can be let one unit over the limit (omniopd/gateway/limits.py says so). A
+    window boundary can be let one unit over the limit (``omniopd.gateway.limits`` says so). A
     test that expects a refusal after exactly the limit starts clear of the edge, so that its
     calls (a few seconds at most) fall in one window. Windows are aligned to the epoch.
     """
