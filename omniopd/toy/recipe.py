@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 RECIPE_VERSION = "1"
 TOKENIZERS = ("bpe", "char")
 WORLDS = ("arith", "chain")
-MODELS = ("teacher", "teacher_char", "student")
 
 
 @dataclass(frozen=True)
@@ -112,9 +111,9 @@ class Recipe:
         out = asdict(self)
         if out["world"] == "arith":
             del out["world"]
-        for model in MODELS:
-            if out[model]["micro_batches"] == 1:
-                del out[model]["micro_batches"]
+        for spec in out.values():  # the models' specs, as dicts
+            if isinstance(spec, dict) and spec["micro_batches"] == 1:
+                del spec["micro_batches"]
         return out
 
     def hash(self) -> str:

@@ -63,10 +63,16 @@ def make_batch(
     return ids_BT, mask_BT, labels_BT
 
 
-def answer_loss(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting each labelled token from the position before it."""
+def answer_loss(
+    logits_BTV: torch.Tensor, labels_BT: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of predicting each labelled token from the position before it, its mean
+    (or ``reduction="sum"``) over the labelled tokens."""
     return F.cross_entropy(
-        logits_BTV[:, :-1].flatten(0, 1).float(), labels_BT[:, 1:].flatten(), ignore_index=IGNORE
+        logits_BTV[:, :-1].flatten(0, 1).float(),
+        labels_BT[:, 1:].flatten(),
+        ignore_index=IGNORE,
+        reduction=reduction,
     )
 
 
@@ -81,7 +87,7 @@ def backward_batch(
     the whole batch's answer tokens, so the gradient is the one-batch gradient up to
     floating-point order (checked in tests/toy/test_train.py), for less padding.
     """
-    if micro_batches == 1:
+    if micro_batches == 1:  # in the batch's own row order: the shipped worlds' exact numbers
         ids_BT, mask_BT, labels_BT = make_batch(data, index, pad_id)
         loss = answer_loss(model(input_ids=ids_BT, attention_mask=mask_BT).logits, labels_BT)
         loss.backward()
@@ -92,15 +98,7 @@ def backward_batch(
     for part in torch.tensor_split(torch.tensor(rows), micro_batches):
         ids_BT, mask_BT, labels_BT = make_batch(data, part.tolist(), pad_id)
         logits_BTV = model(input_ids=ids_BT, attention_mask=mask_BT).logits
-        loss = (
-            F.cross_entropy(
-                logits_BTV[:, :-1].flatten(0, 1).float(),
-                labels_BT[:, 1:].flatten(),
-                ignore_index=IGNORE,
-                reduction="sum",
-            )
-            / n_answer
-        )
+        loss = answer_loss(logits_BTV, labels_BT, reduction="sum") / n_answer
         loss.backward()
         total += loss.item()
         tokens += int(mask_BT.sum())
