@@ -3,7 +3,6 @@ on a few problems of the trained toy world (built by ``make test`` before the te
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,19 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.experiments.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "experiments" / "signal_study.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("signal_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_auc_counts_wins_and_half_ties():
-    auc = load_script().auc
+    auc = load_script("signal_study").auc
     assert auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
     assert auc(np.array([0.1]), np.array([0.9])) == 0.0
     # (0.5 vs 0.5: tie) and (0.5 vs 0.4: win) -> (0.5 + 1) / 2

@@ -3,27 +3,21 @@ lexical metrics (the embedding metric loads all-MiniLM-L6-v2, tested with the ve
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.experiments.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "experiments" / "step_similarity.py"
 STEP = re.compile(r"\d+\) (Add|Subtract|Multiply by) \d+: \d+[-+*]\d+=(\d+)\.")
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("step_similarity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_pairs_are_a_right_step_a_one_digit_slip_and_another_step():
-    pairs = load_script().step_pairs(50, seed=3)
+    pairs = load_script("step_similarity").step_pairs(50, seed=3)
     assert len(pairs) == 50
     for right, wrong, other in pairs:
         a, b, c = STEP.fullmatch(right), STEP.fullmatch(wrong), STEP.fullmatch(other)
