@@ -36,13 +36,12 @@ METRICS = ("embedding", "edit", "rouge1")
 def step_pairs(problems: int, seed: int) -> list[tuple[str, str, str]]:
     """``(right step, the same step with one digit of its result changed, another step)``."""
     from omniopd.toy.chain import sample_problem
-    from omniopd.toy.task import ANSWER_MARK
 
     rng = random.Random(seed)
     out = []
     while len(out) < problems:
-        body = sample_problem(rng).answer.split(f" {ANSWER_MARK}")[0]
-        steps = re.findall(r"\d+\) [^.]*\.", body)  # "2) Subtract 45: 247-45=202."
+        # the numbered sentences, "2) Subtract 45: 247-45=202.", without the final "#### 135"
+        steps = re.findall(r"\d+\) [^.]*\.", sample_problem(rng).answer)
         i, j = rng.sample(range(len(steps)), 2)
         right = steps[i]
         head, result = right[:-1].rsplit("=", 1)
@@ -52,24 +51,30 @@ def step_pairs(problems: int, seed: int) -> list[tuple[str, str, str]]:
     return out
 
 
-def similarities(metric: str, a: list[str], b: list[str]) -> np.ndarray:
-    """The verifier's similarity of ``a[i]`` and ``b[i]``, per pair."""
+def similarities(metric: str, right: list[str], others: list[list[str]]) -> list[np.ndarray]:
+    """The verifier's similarity of ``right[i]`` and ``column[i]``, per pair, for each column of
+    ``others`` (the embedding model is loaded, and ``right`` encoded, once)."""
     from omniopd.verifier.lexical import edit_similarity, rouge1_f1, rouge1_tokens
 
     if metric == "edit":
-        return np.array([edit_similarity(x, y) for x, y in zip(a, b, strict=True)])
-    if metric == "rouge1":
-        return np.array(
-            [rouge1_f1(rouge1_tokens(x), rouge1_tokens(y)) for x, y in zip(a, b, strict=True)]
-        )
-    from omniopd.verifier.embedder import Embedder
-    from omniopd.verifier.scoring import cosine_similarity
+        pair = edit_similarity
+    elif metric == "rouge1":
 
-    embedder = Embedder().load()
-    ea, eb = embedder.encode(a), embedder.encode(b)
-    return np.array(
-        [cosine_similarity(x[None], y[None])[0, 0] for x, y in zip(ea, eb, strict=True)]
-    )
+        def pair(x: str, y: str) -> float:
+            return rouge1_f1(rouge1_tokens(x), rouge1_tokens(y))
+    else:
+        from omniopd.verifier.embedder import Embedder
+        from omniopd.verifier.scoring import cosine_similarity
+
+        embedder = Embedder().load()
+        e_right = embedder.encode(right)
+        out = []
+        for column in others:
+            e_col = embedder.encode(column)
+            pairs = zip(e_right, e_col, strict=True)
+            out.append(np.array([cosine_similarity(x[None], y[None])[0, 0] for x, y in pairs]))
+        return out
+    return [np.array([pair(x, y) for x, y in zip(right, col, strict=True)]) for col in others]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'metric':<10} {'one digit wrong':>16} {'another step':>13} {'wrong > other':>14}")
     for metric in args.metrics:
-        s_wrong = similarities(metric, right, wrong)
-        s_other = similarities(metric, right, other)
+        s_wrong, s_other = similarities(metric, right, [wrong, other])
         result[metric] = {
             "one_digit_wrong": round(float(s_wrong.mean()), 4),
             "another_step": round(float(s_other.mean()), 4),
